@@ -1,0 +1,60 @@
+"""The ``visalign`` command line.
+
+Subcommands live in ``visalign.commands.<module>`` and are imported lazily. A ``UserError`` (bad config,
+bad prompt file, missing checkpoint...) is printed on one line and exits with status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from visalign import __version__
+from visalign.commands import SUBCOMMANDS
+from visalign.errors import UserError
+
+
+def _available() -> dict[str, str]:
+    """subcommand -> module name, for modules that exist in this install."""
+    found = {}
+    for module, (name, _help) in SUBCOMMANDS.items():
+        if importlib.util.find_spec(f"visalign.commands.{module}") is not None:
+            found[name] = module
+    return found
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visalign", description="RL post-training for visual generators.")
+    parser.add_argument("--version", action="version", version=f"visalign {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in _available().items():
+        help_text = SUBCOMMANDS[module][1]
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if name == only:  # import only the module that will run
+            importlib.import_module(f"visalign.commands.{module}").add_arguments(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    available = _available()
+    parser = build_parser(only=command if command in available else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 1
+    module = importlib.import_module(f"visalign.commands.{available[args.command]}")
+    try:
+        return int(module.run(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

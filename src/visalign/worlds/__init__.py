@@ -1,0 +1,1 @@
+"""visalign.worlds"""
