@@ -1,1 +1,1 @@
-"""visalign.eval"""
+"""visalign.eval: benchmark harnesses over GenEval-layout folders (``geneval_layout``, ``shapesbench``)."""

@@ -36,6 +36,7 @@ class Reward:
     differentiable: ClassVar[bool] = False
     groupwise: ClassVar[bool] = False
     output_range: ClassVar[tuple[float, float]] = (float("-inf"), float("inf"))
+    summary: ClassVar[str] = ""  # one line for `visalign rewards list` (what it scores, the paper)
 
     def score(
         self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]

@@ -1,1 +1,31 @@
-"""visalign.sampling"""
+"""Step kernels with log-probs. ``build_kernel(name, ...)`` makes one by name; one registry line per kernel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from visalign.sampling.base import Kernel, Transition, gaussian_log_prob
+from visalign.sampling.ddim import DDIM
+from visalign.sampling.flow import FlowCPS, FlowODE, FlowSDE
+
+KERNELS: dict[str, type[Kernel]] = {
+    "ode": FlowODE,
+    "sde": FlowSDE,
+    "cps": FlowCPS,
+    "ddim": DDIM,
+}
+
+# The deterministic sampler of each family (used for evaluation).
+DETERMINISTIC = {"flow": "ode", "diffusion": "ddim"}
+
+
+def build_kernel(name: str, **kwargs: Any) -> Kernel:
+    if name not in KERNELS:
+        from visalign.errors import UserError
+
+        raise UserError(f"unknown sampler kernel '{name}'; known: {', '.join(KERNELS)}")
+    return KERNELS[name](**kwargs)
+
+
+__all__ = ["DDIM", "DETERMINISTIC", "KERNELS", "FlowCPS", "FlowODE", "FlowSDE", "Kernel", "Transition",
+           "build_kernel", "gaussian_log_prob"]

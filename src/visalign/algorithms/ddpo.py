@@ -1,0 +1,33 @@
+"""DDPO (Black et al., 2024, "Training Diffusion Models with Reinforcement Learning", arXiv:2305.13301).
+
+Denoising is an MDP whose policy is the DDIM step with eta (eta = 1: a Gaussian with the DDIM mean and
+std = eta sigma_t). Rewards of the final images are normalised per prompt (the paper's per-prompt stat
+tracking; here: group z-scores), and DDPO_IS optimises the clipped importance-sampled objective
+
+    rho_t = exp(log p_theta(x_{t-1} | x_t) - log p_old(x_{t-1} | x_t))
+    L     = mean max(-A rho_t, -A clip(rho_t, 1 - eps, 1 + eps))
+
+over a (random) fraction of the denoising steps, eps = 1e-4, with several minibatch updates per rollout.
+An optional KL to the reference (beta * mean (mu_theta - mu_ref)^2 / (2 std^2)) is available but off by default.
+"""
+
+from __future__ import annotations
+
+from visalign.algorithms._policy_gradient import clipped_pg_loss
+from visalign.algorithms.base import Algorithm, register_algorithm
+from visalign.config_io import StrictModel
+
+
+@register_algorithm("ddpo")
+class DDPO(Algorithm):
+    paper = "Training Diffusion Models with Reinforcement Learning (arXiv:2305.13301)"
+    needs = frozenset({"likelihood"})
+    families = ("diffusion",)
+    kernels = ("ddim",)
+
+    class Options(StrictModel):
+        clip_range: float = 1e-4
+        kl_beta: float = 0.0
+
+    def loss(self, batch, generator):
+        return clipped_pg_loss(batch, generator, self.options.clip_range, self.options.kl_beta)

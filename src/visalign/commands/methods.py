@@ -1,0 +1,44 @@
+"""``visalign methods``: every registered algorithm with its families, paper, recipe and status."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "methods"
+HELP = "list every algorithm with its family, paper, recipe and status"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipes", default="recipes", help="recipes folder to search (default: recipes)")
+
+
+def _recipes_for(folder: Path) -> dict[str, list[str]]:
+    import yaml
+
+    found: dict[str, list[str]] = {}
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        name = (data.get("algorithm") or {}).get("name", "flow_grpo")
+        found.setdefault(name, []).append(path.name)
+    return found
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from visalign.algorithms import registered_algorithms
+
+    recipes = _recipes_for(Path(args.recipes))
+    table = Table(title="algorithms")
+    for col in ("name", "families", "needs", "paper", "recipes", "status"):
+        table.add_column(col)
+    for name, cls in sorted(registered_algorithms().items()):
+        table.add_row(name, ", ".join(cls.families), ", ".join(sorted(cls.needs)), cls.paper,
+                      ", ".join(recipes.get(name, [])) or "-", getattr(cls, "status", "implemented, tested"))
+    Console().print(table)
+    return 0

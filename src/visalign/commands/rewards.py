@@ -1,0 +1,75 @@
+"""``visalign rewards``: reward utilities, one sub-subcommand each (``list``; more register in ``ACTIONS``).
+
+A new action is one entry in ``ACTIONS``: ``name -> (help, add_arguments, run)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+NAME = "rewards"
+HELP = "list rewards; train the learned ShapesWorld reward model"
+
+
+def _fmt(value: float) -> str:
+    if math.isinf(value):
+        return "-inf" if value < 0 else "inf"
+    return f"{value:g}"
+
+
+def reward_rows() -> list[tuple[str, str, str, str, str]]:
+    """(name, differentiable, groupwise, range, summary) for every registered reward, sorted by name."""
+    from visalign.rewards import registered_rewards
+
+    rows = []
+    for name, factory in sorted(registered_rewards().items()):
+        lo, hi = getattr(factory, "output_range", (float("-inf"), float("inf")))
+        summary = str(getattr(factory, "summary", "") or "")
+        flags = ["yes" if getattr(factory, attr, False) else "no" for attr in ("differentiable", "groupwise")]
+        if name == "composite":
+            flags = ["if all parts", "if any part"]
+        rows.append((name, flags[0], flags[1], f"[{_fmt(lo)}, {_fmt(hi)}]", summary))
+    return rows
+
+
+def _add_list(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plain", action="store_true", help="tab-separated output instead of a table")
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    rows = reward_rows()
+    if args.plain:
+        for row in rows:
+            print("\t".join(row))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="registered rewards")
+    for column in ("name", "differentiable", "groupwise", "range", "what it scores"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    return 0
+
+
+ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "list": ("list registered rewards with their flags and output ranges", _add_list, _run_list),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="rewards_action", metavar="ACTION")
+    for name, (help_text, add, _run) in ACTIONS.items():
+        add(sub.add_parser(name, help=help_text, description=help_text))
+
+
+def run(args: argparse.Namespace) -> int:
+    action = getattr(args, "rewards_action", None)
+    if action is None:
+        print("usage: visalign rewards {" + ",".join(ACTIONS) + "} ...")
+        return 1
+    return ACTIONS[action][2](args)

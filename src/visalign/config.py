@@ -1,0 +1,156 @@
+"""The training config: typed, validated, YAML recipes plus dotted ``key=value`` overrides.
+
+``visalign train --config recipes/quickstart.yaml train.iterations=40 algorithm.options.kl_beta=0.04``
+
+Every section forbids unknown keys; a typo names the closest valid key (``visalign.config_io``). The resolved
+config is written into every run directory as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from visalign.config_io import StrictModel, dump_config, load_config
+
+
+class ModelConfig(StrictModel):
+    name: str = "shapes-flow"  # shipped alias (shapes-flow, shapes-diffusion), diffusers folder, or hub id
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    resolution: int | None = None  # image side in pixels; None: the model's native size
+    max_sequence_length: int | None = None  # SD3 only: zero T5 tokens; None: from the model folder, else 256
+    negative_prompt: str = ""
+
+
+class FinetuneConfig(StrictModel):
+    mode: Literal["lora", "full"] = "lora"
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = 8.0
+    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class SamplingConfig(StrictModel):
+    kernel: str = "sde"  # flow: sde | cps ; diffusion: ddim
+    noise_level: float = Field(0.7, ge=0.0)  # Flow-SDE a, CPS a, or DDIM eta
+    num_steps: int = Field(10, ge=1)
+    guidance_scale: float = 1.0  # > 1: classifier-free guidance, in rollouts and training alike
+    train_steps: int = Field(0, ge=0)  # trained steps per sample (0: every trainable step)
+    timestep_fraction: float | None = Field(None, gt=0.0, le=1.0)  # alternative to train_steps
+    shuffle_steps: bool = True  # random subset per sample (else the first ones)
+    train_window: list[int] | None = None  # [first, last+1] of steps that may be trained
+    sde_window: list[int] | None = None  # [first, last+1] of steps sampled stochastically (others: ODE)
+    batch_size: int = Field(0, ge=0)  # samples per network call during rollouts (0: all)
+
+
+class AlgorithmConfig(StrictModel):
+    name: str = "flow_grpo"
+    options: dict[str, Any] = {}
+
+
+class RewardSpec(StrictModel):
+    name: str = "shapes"
+    weight: float = 1.0
+    options: dict[str, Any] = {}
+
+
+class AdvantageConfig(StrictModel):
+    mode: Literal["group", "gdpo"] = "group"
+    std: Literal["group", "global"] = "group"
+    clip: float = Field(5.0, gt=0)
+    eps: float = Field(1e-4, gt=0)
+
+
+class DataConfig(StrictModel):
+    train: str = "train"  # ShapesWorld split name, or a prompt file (.jsonl with "prompt" / .txt)
+    test: str = "test"
+    prompts_per_iter: int = Field(8, ge=1)  # global number of prompts (groups) per iteration
+    group_size: int = Field(4, ge=2)  # G images per prompt
+
+
+class EMAConfig(StrictModel):
+    enabled: bool = False
+    decay: float = Field(0.95, ge=0.0, lt=1.0)
+
+
+class TrainConfig(StrictModel):
+    iterations: int = Field(20, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = 0.0
+    betas: list[float] = [0.9, 0.999]
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # max grad norm (0: off)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_iters: int = Field(0, ge=0)
+    inner_epochs: int = Field(1, ge=1)  # passes over each rollout
+    minibatch_size: int = Field(0, ge=0)  # samples per optimizer minibatch per process (0: the whole rollout)
+    grad_accum: int = Field(1, ge=1)  # minibatches per optimizer step
+    skip_zero_variance: bool = True  # do not spend compute on samples of zero-variance groups
+    ema: EMAConfig = EMAConfig()
+    threads: int = Field(0, ge=0)  # torch threads (0: leave as is)
+
+
+class EvalConfig(StrictModel):
+    every: int = Field(10, ge=0)  # iterations between evaluations (0: only before and after training)
+    num_steps: int = Field(20, ge=1)
+    guidance_scale: float | None = None  # None: same as sampling
+    max_prompts: int = Field(0, ge=0)  # 0: the whole test split
+    images_per_prompt: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    use_ema: bool = True
+    seed: int = 1234
+    enabled: bool = True
+
+
+class LogConfig(StrictModel):
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "visalign"
+    progress: bool = True
+    grid_per_tag: int = Field(2, ge=0)  # prompts per tag in the report's before/after grids
+
+
+class CheckpointConfig(StrictModel):
+    every: int = Field(10, ge=0)  # iterations between checkpoints (0: only at the end)
+    keep_last: int = Field(2, ge=1)
+
+
+class Config(StrictModel):
+    seed: int = 0
+    run_dir: str = "runs/run"
+    resume: str | None = None  # None | "auto" (latest in run_dir/checkpoints) | a checkpoint folder
+    stop_after: int | None = None  # stop (with a checkpoint) after this iteration, e.g. to test resuming
+    model: ModelConfig = ModelConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    rewards: list[RewardSpec] = [RewardSpec()]
+    advantage: AdvantageConfig = AdvantageConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        for name in ("train_window", "sde_window"):
+            window = getattr(self.sampling, name)
+            if window is not None and (len(window) != 2 or not 0 <= window[0] < window[1] <= self.sampling.num_steps):
+                raise ValueError(f"sampling.{name} must be [first, last+1] within 0..{self.sampling.num_steps}")
+        if not self.rewards:
+            raise ValueError("rewards: give at least one reward")
+        return self
+
+    def trained_steps_per_sample(self, trainable: int) -> int:
+        if self.sampling.timestep_fraction is not None:
+            return max(1, int(round(trainable * self.sampling.timestep_fraction)))
+        return self.sampling.train_steps
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    return load_config(Config, path, overrides)
+
+
+__all__ = ["Config", "dump_config", "load_train_config"]

@@ -1,0 +1,221 @@
+"""The generator-adapter contract (DESIGN.md 3).
+
+A ``Generator`` wraps one diffusers pipeline and exposes exactly what the engine needs:
+
+* ``encode(prompts) -> Cond``: text conditioning, computed once per distinct prompt and cached;
+* ``predict(x, t_model, cond, guidance_scale)``: one network evaluation (classifier-free guidance is done here,
+  identically in rollouts and in training);
+* ``decode(latents) -> images in [0, 1]``; ``init_noise(generators)``; ``schedule(num_steps)``;
+* ``trainable_parameters()``, a ``reference()`` context in which the policy acts as the frozen reference,
+  ``trainable_state_dict`` / ``load_trainable_state_dict`` (checkpoints) and ``export`` (diffusers format).
+
+Fine-tuning is LoRA (peft; the reference is the policy with adapters disabled) or full (the reference is a
+frozen copy of the denoiser).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from visalign.models import lora as lora_utils
+
+
+@dataclass
+class Cond:
+    """Per-sample conditioning tensors (``[N, ...]`` each); ``neg`` holds the unconditional ones for CFG."""
+
+    pos: dict[str, torch.Tensor]
+    neg: dict[str, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return next(iter(self.pos.values())).shape[0]
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> Cond:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        neg = {k: v[idx] for k, v in self.neg.items()} if self.neg is not None else None
+        return Cond({k: v[idx] for k, v in self.pos.items()}, neg)
+
+
+@dataclass
+class Schedule:
+    """One entry per sampling step: the network's time input and the kernel coordinates (c -> c_next)."""
+
+    t_model: torch.Tensor  # [S]
+    c: torch.Tensor  # [S]
+    c_next: torch.Tensor  # [S]
+
+    def __len__(self) -> int:
+        return int(self.t_model.shape[0])
+
+
+@dataclass
+class FinetuneSpec:
+    mode: str = "lora"  # "lora" | "full"
+    rank: int = 8
+    alpha: float = 8.0
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    dropout: float = 0.0
+
+
+class Generator:
+    """Base adapter. Subclasses set ``family`` and implement the pipeline-specific pieces."""
+
+    family: str = ""
+
+    def __init__(self, pipeline: Any, device: str | torch.device = "cpu", negative_prompt: str = "") -> None:
+        self.pipeline = pipeline
+        self.device = torch.device(device)
+        self.negative_prompt = negative_prompt
+        self.finetune: FinetuneSpec | None = None
+        self._frozen_copy: nn.Module | None = None
+        self._use_reference = False
+        self._cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._neg_cache: dict[str, torch.Tensor] | None = None
+        for module in self.modules().values():
+            module.requires_grad_(False)
+            module.eval()
+
+    # ---- pieces a family implements -------------------------------------------------------------------------
+    @property
+    def denoiser(self) -> nn.Module:
+        raise NotImplementedError
+
+    def modules(self) -> dict[str, nn.Module]:
+        """All torch modules of the pipeline (frozen by default)."""
+        return {k: v for k, v in self.pipeline.components.items() if isinstance(v, nn.Module)}
+
+    def _encode_batch(self, prompts: list[str], with_negative: bool) -> tuple[dict, dict | None]:
+        raise NotImplementedError
+
+    def _forward(self, net: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def schedule(self, num_steps: int) -> Schedule:
+        raise NotImplementedError
+
+    def make_kernel(self, name: str, noise_level: float, schedule: Schedule):
+        raise NotImplementedError
+
+    # ---- shared behaviour -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], with_negative: bool = False) -> Cond:
+        """Conditioning for ``prompts`` (one row each), from the cache where possible."""
+        missing = sorted({p for p in prompts if p not in self._cache})
+        for start in range(0, len(missing), 64):
+            chunk = missing[start : start + 64]
+            pos, _ = self._encode_batch(chunk, with_negative=False)
+            for i, p in enumerate(chunk):
+                self._cache[p] = {k: v[i : i + 1].detach() for k, v in pos.items()}
+        pos = {k: torch.cat([self._cache[p][k] for p in prompts]) for k in self._cache[prompts[0]]}
+        neg = None
+        if with_negative:
+            if self._neg_cache is None:
+                one, _ = self._encode_batch([self.negative_prompt], with_negative=False)
+                self._neg_cache = {k: v.detach() for k, v in one.items()}
+            neg = {k: v.expand(len(prompts), *v.shape[1:]) for k, v in self._neg_cache.items()}
+        return Cond(pos, neg)
+
+    def predict(
+        self, x: torch.Tensor, t_model: torch.Tensor, cond: Cond, guidance_scale: float = 1.0
+    ) -> torch.Tensor:
+        """One network evaluation at latents ``x`` and times ``t_model`` ([B]); CFG when guidance_scale > 1."""
+        net = self._frozen_copy if (self._use_reference and self._frozen_copy is not None) else self.denoiser
+        if guidance_scale > 1.0:
+            if cond.neg is None:
+                raise ValueError("guidance_scale > 1 needs unconditional embeddings (encode(..., with_negative=True))")
+            both = {k: torch.cat([cond.neg[k], cond.pos[k]]) for k in cond.pos}
+            out = self._forward(net, torch.cat([x, x]), torch.cat([t_model, t_model]), both)
+            uncond, text = out.chunk(2)
+            return uncond + guidance_scale * (text - uncond)
+        return self._forward(net, x, t_model, cond.pos)
+
+    def init_noise(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        shape = self.latent_shape()
+        return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
+
+    # ---- fine-tuning --------------------------------------------------------------------------------------
+    def setup_finetune(self, spec: FinetuneSpec) -> None:
+        self.finetune = spec
+        if spec.mode == "lora":
+            lora_utils.add_lora(self.denoiser, spec)
+        elif spec.mode == "full":
+            self._frozen_copy = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+            self.denoiser.requires_grad_(True)
+        else:
+            raise ValueError(f"finetune mode must be 'lora' or 'full', got '{spec.mode}'")
+        self.denoiser.train()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+    def named_trainable(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.denoiser.named_parameters() if p.requires_grad)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.named_trainable()}
+
+    @torch.no_grad()
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.named_trainable())
+        if set(params) != set(state):
+            missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+            raise KeyError(f"trainable weights do not match (missing {missing[:3]}, unexpected {extra[:3]})")
+        for name, p in params.items():
+            if p.shape != state[name].shape:
+                raise KeyError(f"trainable weight '{name}' has shape {tuple(state[name].shape)}, expected {tuple(p.shape)}")
+            p.copy_(state[name])
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """Inside, ``predict`` evaluates the frozen reference model (no LoRA / the frozen copy)."""
+        if self.finetune is None:
+            yield
+            return
+        if self.finetune.mode == "lora":
+            self.denoiser.disable_adapters()
+            try:
+                yield
+            finally:
+                self.denoiser.enable_adapters()
+        else:
+            self._use_reference = True
+            try:
+                yield
+            finally:
+                self._use_reference = False
+
+    # ---- export -----------------------------------------------------------------------------------------
+    def save_lora(self, out_dir: str | Path) -> None:
+        raise NotImplementedError
+
+    def save_merged(self, out_dir: str | Path) -> None:
+        """Full pipeline with the trained weights folded in, via ``save_pretrained``."""
+        pipe = self.pipeline
+        denoiser_name = self.denoiser_component
+        if self.finetune is not None and self.finetune.mode == "lora":
+            merged = lora_utils.merged_copy(self.denoiser)
+        else:
+            merged = self.denoiser
+        original = getattr(pipe, denoiser_name)
+        setattr(pipe, denoiser_name, merged)
+        try:
+            pipe.register_modules(**{denoiser_name: merged})
+            pipe.save_pretrained(str(out_dir))
+        finally:
+            pipe.register_modules(**{denoiser_name: original})
+
+    denoiser_component: str = ""

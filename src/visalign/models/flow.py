@@ -1,0 +1,104 @@
+"""Flow-matching adapter: any ``StableDiffusion3Pipeline`` (``SD3Transformer2DModel`` + ``AutoencoderKL`` +
+``FlowMatchEulerDiscreteScheduler``): the shipped tiny flow base, SD3, SD3.5.
+
+The network predicts the velocity v ~ eps - x_0 at noise level sigma; its time input is sigma * 1000
+(the scheduler's ``timesteps``). Sigmas come from the pipeline's own scheduler (shift included).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from visalign.models import lora as lora_utils
+from visalign.models.base import Generator, Schedule
+from visalign.sampling import Kernel, build_kernel
+
+
+class FlowGenerator(Generator):
+    family = "flow"
+    denoiser_component = "transformer"
+
+    def __init__(self, pipeline: Any, device="cpu", negative_prompt: str = "", max_sequence_length: int | None = None,
+                 resolution: int | None = None) -> None:
+        super().__init__(pipeline, device, negative_prompt)
+        if max_sequence_length is None:
+            max_sequence_length = 256  # diffusers' default (zero tokens when there is no T5)
+        self.max_sequence_length = max_sequence_length
+        self.resolution = resolution
+
+    @property
+    def denoiser(self):
+        return self.pipeline.transformer
+
+    def _encode_batch(self, prompts, with_negative):
+        embeds, _neg, pooled, _neg_pooled = self.pipeline.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            prompt_3=None,
+            device=self.device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length,
+        )
+        return {"embeds": embeds, "pooled": pooled}, None
+
+    def _forward(self, net, x, t, cond):
+        return net(
+            hidden_states=x,
+            timestep=t.to(x.dtype),
+            encoder_hidden_states=cond["embeds"],
+            pooled_projections=cond["pooled"],
+            return_dict=False,
+        )[0]
+
+    def latent_shape(self):
+        cfg = self.denoiser.config
+        size = cfg.sample_size if self.resolution is None else self.resolution // self.pipeline.vae_scale_factor
+        return (cfg.in_channels, size, size)
+
+    def decode(self, latents):
+        vae = self.pipeline.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        z = latents.to(vae.dtype) / vae.config.scaling_factor + shift
+        images = vae.decode(z, return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def schedule(self, num_steps):
+        scheduler = copy.deepcopy(self.pipeline.scheduler)
+        kwargs = {}
+        if getattr(scheduler.config, "use_dynamic_shifting", False):
+            from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+            c, h, w = self.latent_shape()
+            patch = self.denoiser.config.patch_size
+            seq = (h // patch) * (w // patch)
+            kwargs["mu"] = calculate_shift(
+                seq,
+                scheduler.config.get("base_image_seq_len", 256),
+                scheduler.config.get("max_image_seq_len", 4096),
+                scheduler.config.get("base_shift", 0.5),
+                scheduler.config.get("max_shift", 1.16),
+            )
+        scheduler.set_timesteps(num_steps, device="cpu", **kwargs)
+        sigmas = scheduler.sigmas.float()
+        return Schedule(t_model=scheduler.timesteps.float(), c=sigmas[:-1].clone(), c_next=sigmas[1:].clone())
+
+    def make_kernel(self, name: str, noise_level: float, schedule: Schedule) -> Kernel:
+        if name not in ("ode", "sde", "cps"):
+            from visalign.errors import UserError
+
+            raise UserError(f"sampler kernel '{name}' does not apply to flow models (ode, sde, cps)")
+        if name == "ode":
+            return build_kernel("ode")
+        sigma_max = float(schedule.c[1]) if len(schedule) > 1 else None
+        return build_kernel(name, noise_level=noise_level, sigma_max=sigma_max)
+
+    def save_lora(self, out_dir: str | Path) -> None:
+        from diffusers import StableDiffusion3Pipeline
+
+        StableDiffusion3Pipeline.save_lora_weights(
+            str(out_dir),
+            transformer_lora_layers=lora_utils.lora_state_dict(self.denoiser),
+            transformer_lora_adapter_metadata=lora_utils.lora_metadata(self.denoiser),
+        )

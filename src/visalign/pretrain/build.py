@@ -1,0 +1,238 @@
+"""Random-init diffusers pipelines of the real SD3 / SD1.5 classes, sized by small spec dataclasses.
+
+``build_flow_pipeline`` assembles a ``StableDiffusion3Pipeline`` (``SD3Transformer2DModel`` +
+``FlowMatchEulerDiscreteScheduler`` + ``AutoencoderKL`` + two ``CLIPTextModelWithProjection`` + the offline
+word-level tokenizer, no T5); ``build_diffusion_pipeline`` a ``StableDiffusionPipeline``
+(``UNet2DConditionModel``, epsilon prediction + ``DDIMScheduler`` + ``AutoencoderKL`` + ``CLIPTextModel`` +
+the tokenizer). The default specs are tiny (about 0.1M parameters, built in well under a second) for unit
+tests; the shipped base models use the larger specs in ``configs/pretrain/*.yaml``.
+
+Sampling the flow pipeline needs ``max_sequence_length=spec.max_sequence_length`` (the number of zero T5
+tokens appended to the text context; 0 for our models, 256 is diffusers' default for real SD3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from visalign.pretrain.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer, vocabulary
+
+
+@dataclass
+class VAESpec:
+    """``AutoencoderKL``: ``len(block_out_channels) - 1`` halvings from ``image_size`` to the latent grid."""
+
+    image_size: int = 64
+    block_out_channels: tuple[int, ...] = (8, 8, 8)
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 4
+    mid_block_add_attention: bool = False
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0  # SD3 pipelines need a number; SD1.5 pipelines ignore it
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.downsample
+
+
+@dataclass
+class TextSpec:
+    """A CLIP text tower over the word-level tokenizer (``max_length`` tokens, ``<bos>``/``<eos>`` included)."""
+
+    hidden_size: int = 16
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 32
+    projection_dim: int = 16
+    max_length: int = 16
+    words: tuple[str, ...] | None = None  # the full vocabulary; None: tokenizer.vocabulary()
+
+
+@dataclass
+class FlowSpec:
+    """An SD3-class flow-matching pipeline."""
+
+    vae: VAESpec = field(default_factory=VAESpec)
+    text: TextSpec = field(default_factory=TextSpec)
+    patch_size: int = 2
+    num_layers: int = 1
+    num_heads: int = 2
+    head_dim: int = 8
+    shift: float = 1.0
+    max_sequence_length: int = 0
+
+
+@dataclass
+class DiffusionSpec:
+    """An SD1.5-class epsilon-prediction pipeline."""
+
+    vae: VAESpec = field(default_factory=VAESpec)
+    text: TextSpec = field(default_factory=TextSpec)
+    block_out_channels: tuple[int, ...] = (8, 16)
+    layers_per_block: int = 1
+    attention_head_dim: int = 4
+    norm_num_groups: int = 4
+    cross_attention_levels: tuple[bool, ...] = (True, False)
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+
+
+def spec_to_dict(spec: FlowSpec | DiffusionSpec) -> dict:
+    """A JSON-friendly copy of a spec (tuples become lists)."""
+    return asdict(spec)
+
+
+def build_vae(spec: VAESpec) -> AutoencoderKL:
+    """A random-init ``AutoencoderKL`` sized by ``spec``."""
+    n = len(spec.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(spec.block_out_channels),
+        layers_per_block=spec.layers_per_block,
+        latent_channels=spec.latent_channels,
+        norm_num_groups=spec.norm_num_groups,
+        sample_size=spec.image_size,
+        scaling_factor=spec.scaling_factor,
+        shift_factor=spec.shift_factor,
+        force_upcast=False,
+        mid_block_add_attention=spec.mid_block_add_attention,
+    )
+
+
+def _text_config(spec: TextSpec, vocab_size: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        projection_dim=spec.projection_dim,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        max_position_embeddings=spec.max_length,
+        hidden_act="gelu",
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+    )
+
+
+def _words(spec: TextSpec) -> list[str]:
+    return list(spec.words) if spec.words is not None else vocabulary()
+
+
+def build_flow_pipeline(spec: FlowSpec | None = None, seed: int = 0) -> StableDiffusion3Pipeline:
+    """A random-init ``StableDiffusion3Pipeline`` (no T5) sized by ``spec``; same seed, same weights."""
+    spec = spec or FlowSpec()
+    torch.manual_seed(seed)
+    words = _words(spec.text)
+    tokenizer = build_tokenizer(words, model_max_length=spec.text.max_length)
+    text_config = _text_config(spec.text, len(words))
+    text_encoder = CLIPTextModelWithProjection(text_config)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    vae = build_vae(spec.vae)
+    inner = spec.num_heads * spec.head_dim
+    transformer = SD3Transformer2DModel(
+        sample_size=spec.vae.latent_size,
+        patch_size=spec.patch_size,
+        in_channels=spec.vae.latent_channels,
+        out_channels=spec.vae.latent_channels,
+        num_layers=spec.num_layers,
+        attention_head_dim=spec.head_dim,
+        num_attention_heads=spec.num_heads,
+        joint_attention_dim=2 * spec.text.hidden_size,
+        caption_projection_dim=inner,
+        pooled_projection_dim=2 * spec.text.projection_dim,
+        pos_embed_max_size=spec.vae.latent_size // spec.patch_size,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=spec.shift)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    for module in (transformer, vae, text_encoder, text_encoder_2):
+        module.eval()
+    return pipe
+
+
+def build_diffusion_pipeline(spec: DiffusionSpec | None = None, seed: int = 0) -> StableDiffusionPipeline:
+    """A random-init ``StableDiffusionPipeline`` (epsilon prediction, DDIM sampler) sized by ``spec``."""
+    spec = spec or DiffusionSpec()
+    if len(spec.cross_attention_levels) != len(spec.block_out_channels):
+        raise ValueError("cross_attention_levels needs one flag per UNet level")
+    torch.manual_seed(seed)
+    words = _words(spec.text)
+    tokenizer = build_tokenizer(words, model_max_length=spec.text.max_length)
+    text_encoder = CLIPTextModel(_text_config(spec.text, len(words)))
+    vae = build_vae(spec.vae)
+    down = tuple("CrossAttnDownBlock2D" if c else "DownBlock2D" for c in spec.cross_attention_levels)
+    up = tuple("CrossAttnUpBlock2D" if c else "UpBlock2D" for c in reversed(spec.cross_attention_levels))
+    unet = UNet2DConditionModel(
+        sample_size=spec.vae.latent_size,
+        in_channels=spec.vae.latent_channels,
+        out_channels=spec.vae.latent_channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=tuple(spec.block_out_channels),
+        layers_per_block=spec.layers_per_block,
+        cross_attention_dim=spec.text.hidden_size,
+        attention_head_dim=spec.attention_head_dim,
+        norm_num_groups=spec.norm_num_groups,
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=spec.beta_start,
+        beta_end=spec.beta_end,
+        beta_schedule=spec.beta_schedule,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="trailing",
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    for module in (unet, vae, text_encoder):
+        module.eval()
+    return pipe
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of parameters of a module."""
+    return sum(p.numel() for p in module.parameters())

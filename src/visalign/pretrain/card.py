@@ -1,0 +1,244 @@
+"""The model card (README.md) and contact sheet written into a pretrained model folder.
+
+Every number in the card is read from the run directory (``visalign.json``, ``vae/vae_report.json``,
+``eval.jsonl``) or measured here (the final test-split evaluation), so a card cannot drift from its model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from visalign.pretrain.config import PretrainConfig
+from visalign.pretrain.generate import generate, image_seed, pipeline_kwargs
+
+CONTACT_SHEET = "contact_sheet.png"
+FINAL_EVAL = "final_eval.json"
+
+
+def final_evaluation(
+    pipe: Any, cfg: PretrainConfig, images_per_prompt: int = 4, seed: int = 0
+) -> dict[str, Any]:
+    """Test split, ``images_per_prompt`` per prompt, the card's sampler: images and ShapesBench results.
+
+    The images are exactly those ``visalign sample --split test --images-per-prompt K --seed S`` writes.
+    """
+    from visalign.eval.shapesbench import score_images
+    from visalign.worlds.shapes.prompts import load_split
+
+    items = load_split("test")
+    prompts = [m["prompt"] for m in items for _ in range(images_per_prompt)]
+    metas = [m for m in items for _ in range(images_per_prompt)]
+    seeds = [image_seed(seed, p, k) for p in range(len(items)) for k in range(images_per_prompt)]
+    kwargs = pipeline_kwargs(cfg.family, cfg.sample.steps, cfg.sample.guidance, 0)
+    images = generate(pipe, prompts, seeds, kwargs, batch_size=cfg.sample.batch_size)
+    results = score_images(list(images), metas)
+    return {"images": images, "metadata": metas, "results": results, "images_per_prompt": images_per_prompt}
+
+
+def contact_sheet(evaluation: dict[str, Any], path: Path, per_tag: int = 2) -> Path:
+    """``per_tag`` test prompts per tag, all their images, captioned with the verdict and the prompt."""
+    from visalign.report.grid import make_grid
+
+    k = evaluation["images_per_prompt"]
+    metas, images, rows = evaluation["metadata"], evaluation["images"], evaluation["results"]["images"]
+    chosen: list[int] = []
+    seen: dict[str, int] = {}
+    for p in range(0, len(metas), k):
+        tag = metas[p]["tag"]
+        if seen.get(tag, 0) < per_tag:
+            seen[tag] = seen.get(tag, 0) + 1
+            chosen.append(p)
+    tiles, labels = [], []
+    for p in chosen:
+        for j in range(k):
+            tiles.append(images[p + j])
+            mark = "ok" if rows[p + j]["correct"] else "x"
+            labels.append(f"[{mark}] {metas[p]['prompt']}")
+    sheet = make_grid(tiles, labels, ncols=2 * k, scale=2, caption_lines=3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def write_card(
+    model_dir: Path, run_dir: Path, cfg: PretrainConfig, evaluation: dict[str, Any], name: str
+) -> Path:
+    """Write ``model_dir/README.md`` (and ``final_eval.json``) from the run's records and ``evaluation``."""
+    info = json.loads((model_dir / "visalign.json").read_text())
+    vae_report_file = run_dir / "vae" / "vae_report.json"
+    vae_report = json.loads(vae_report_file.read_text()) if vae_report_file.is_file() else {}
+    history_file = run_dir / "eval.jsonl"
+    history = (
+        [json.loads(ln) for ln in history_file.read_text().splitlines()] if history_file.is_file() else []
+    )
+    res = evaluation["results"]
+    per_tag: dict[str, Any] = res.get("per_tag", {})
+    params: dict[str, int] = info["parameters"]
+    total = sum(params.values())
+    sampler = info["sampler"]
+    size_mb = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 1e6
+    flow = cfg.family == "flow"
+    pipeline_cls = "StableDiffusion3Pipeline" if flow else "StableDiffusionPipeline"
+    denoiser = "SD3Transformer2DModel" if flow else "UNet2DConditionModel"
+    lines = [
+        f"# {name}",
+        "",
+        (
+            "A tiny flow-matching text-to-image model built from Stable Diffusion 3's classes"
+            if flow
+            else "A tiny epsilon-prediction diffusion model built from Stable Diffusion 1.5's classes"
+        )
+        + ", pretrained on ShapesWorld and deliberately imperfect: the base model for RL post-training.",
+        "",
+        "```python",
+        "from visalign.models.loading import load_pipeline",
+        f'family, pipe = load_pipeline("{name}")  # {pipeline_cls}',
+        "```",
+        "",
+        "or with diffusers alone: "
+        + (
+            f"`StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None, tokenizer_3=None)` and "
+            f"`pipe(prompt, max_sequence_length={sampler.get('max_sequence_length', 0)}, ...)` "
+            "(the text context is the two CLIP towers' tokens only; no T5 padding)."
+            if flow
+            else "`StableDiffusionPipeline.from_pretrained(path)`."
+        ),
+        "",
+        "## Sampler (the settings every score below uses)",
+        "",
+        f"- scheduler: `{info['spec'] and ('FlowMatchEulerDiscreteScheduler' if flow else 'DDIMScheduler')}`"
+        + (f" (shift {cfg.flow.shift})" if flow else " (eta 0, trailing spacing)"),
+        f"- steps: {sampler['num_inference_steps']}, guidance scale: {sampler['guidance_scale']}"
+        + (" (no classifier-free guidance)" if sampler["guidance_scale"] <= 1 else ""),
+        f"- image size: {cfg.image_size} x {cfg.image_size}",
+        "",
+        "## ShapesBench (held-out test split)",
+        "",
+        f"{len(res.get('images', []))} images: 70 test prompts x {evaluation['images_per_prompt']} images, seed 0 "
+        "(`visalign sample --model "
+        f"{name} --split test --images-per-prompt {evaluation['images_per_prompt']} --seed 0 --out DIR` "
+        "then `visalign eval DIR`).",
+        "",
+        "| tag | strict | soft |",
+        "|---|---|---|",
+    ]
+    soft_tag = res.get("per_tag_soft", {})
+    for tag, acc in per_tag.items():
+        lines.append(f"| {tag} | {_fmt(acc)} | {_fmt(soft_tag.get(tag))} |")
+    lines += [f"| **overall** | **{_fmt(res['overall'])}** | {_fmt(res.get('soft'))} |", ""]
+    lines += [
+        f"![contact sheet]({CONTACT_SHEET})",
+        "",
+        "Contact sheet: two test prompts per tag, "
+        f"{evaluation['images_per_prompt']} images each; [ok] / [x] is the verifier's strict verdict.",
+        "",
+    ]
+    if history:
+        lines += [
+            "### Score during training",
+            "",
+            f"Test split, {cfg.log.eval_images_per_prompt} images per prompt, EMA weights, same sampler.",
+            "",
+            "| step | strict overall |",
+            "|---|---|",
+        ]
+        lines += [f"| {h['step']} | {_fmt(h['overall'])} |" for h in history]
+        lines.append("")
+    lines += ["## Architecture", "", "| component | class | parameters |", "|---|---|---|"]
+    classes = {
+        "transformer": denoiser,
+        "unet": denoiser,
+        "vae": "AutoencoderKL",
+        "text_encoder": "CLIPTextModelWithProjection" if flow else "CLIPTextModel",
+        "text_encoder_2": "CLIPTextModelWithProjection",
+    }
+    for comp, n in params.items():
+        lines.append(f"| {comp} | `{classes.get(comp, comp)}` | {n:,} |")
+    lines += [f"| total | | {total:,} |", ""]
+    v = cfg.vae
+    latent = cfg.image_size // 2 ** (len(v.block_out_channels) - 1)
+    lines.append(
+        f"- VAE: {cfg.image_size}x{cfg.image_size}x3 -> {latent}x{latent}x{v.latent_channels}, "
+        f"block channels {v.block_out_channels}, scaling factor {vae_report.get('scaling_factor', 0):.4f}, "
+        f"shift factor {vae_report.get('shift_factor', 0):.4f}."
+    )
+    if flow:
+        f = cfg.flow
+        tokens = (latent // f.patch_size) ** 2
+        lines.append(
+            f"- Transformer: {f.num_layers} joint blocks, width {f.num_heads * f.head_dim} ({f.num_heads} heads x "
+            f"{f.head_dim}), patch {f.patch_size}: {tokens} image tokens + {cfg.text.max_length} text tokens."
+        )
+    else:
+        d = cfg.diffusion
+        lines.append(
+            f"- UNet: channels {d.block_out_channels}, cross-attention at levels {d.cross_attention_levels}, "
+            f"{d.layers_per_block} layer(s) per block; DDPM schedule {d.beta_schedule} "
+            f"[{d.beta_start}, {d.beta_end}], epsilon prediction."
+        )
+    t = cfg.text
+    towers = "two CLIP text towers" if flow else "a CLIP text tower"
+    lines += [
+        f"- Text: {towers} (hidden {t.hidden_size}, {t.num_layers} layers, projection {t.projection_dim}) over a "
+        f"word-level tokenizer ({t.max_length} tokens, digits split), "
+        + ("trained jointly with the denoiser." if t.train else "kept frozen at their random init."),
+        f"- Stored in {'float16' if cfg.export.half else 'float32'}; folder size {size_mb:.2f} MB. "
+        "Loads into float32 with `load_pipeline(..., torch_dtype=torch.float32)`.",
+        "",
+        "## Training",
+        "",
+        "Data: ShapesWorld train split only, rendered on the fly at "
+        f"{cfg.image_size}x{cfg.image_size} (a random scene per item"
+        + (", tags drawn uniformly" if cfg.train.tag_balanced else "")
+        + "). Batches are a function of (seed, step), so a resumed run sees the same data.",
+        "",
+        "| stage | steps | batch | lr | wall time |",
+        "|---|---|---|---|---|",
+        f"| 1: VAE (L1 + MSE + {v.kl_weight} KL) | {vae_report.get('steps', '-')} | {v.batch_size} | {v.lr} | "
+        f"{vae_report.get('wall_s', 0) / 60:.1f} min |",
+        f"| 2: {denoiser}{' + text encoders' if t.train else ''} | {info['training']['denoiser_steps']} | "
+        f"{cfg.train.batch_size} | {cfg.train.lr} | {info['training']['denoiser_wall_s'] / 60:.1f} min |",
+        "",
+        f"Stage 2 details: AdamW, {cfg.train.warmup}-step warm-up then constant learning rate, gradient clip "
+        f"{cfg.train.grad_clip}, EMA {cfg.train.ema_decay} (the shipped weights), prompt dropout "
+        f"{cfg.train.prompt_dropout} (empty prompt)"
+        + (
+            f", {cfg.flow.timestep_sampling.replace('_', '-')} sigma sampling."
+            if flow
+            else ", uniform timesteps."
+        ),
+        f"Wall times are on a 2-core x86 CPU shared with other jobs, {cfg.threads} torch thread(s).",
+        "",
+    ]
+    if vae_report:
+        lines += [
+            "VAE reconstructions of test-split scenes (70 prompts x 2 scenes): "
+            f"PSNR {vae_report.get('recon_psnr_db', 0):.1f} dB; verifier strict score "
+            f"{_fmt(vae_report.get('recon_strict_overall'))} on reconstructions vs "
+            f"{_fmt(vae_report.get('render_strict_overall'))} on the renders themselves.",
+            "",
+        ]
+    lines += [
+        "## Reproduce",
+        "",
+        "```bash",
+        f"visalign pretrain --config configs/pretrain/{cfg.family}.yaml",
+        "```",
+        "",
+    ]
+    (model_dir / "README.md").write_text("\n".join(lines))
+    summary = {k: v for k, v in res.items() if k != "images"}
+    (model_dir / FINAL_EVAL).write_text(
+        json.dumps(
+            {"images_per_prompt": evaluation["images_per_prompt"], "seed": 0, "sampler": sampler, **summary},
+            indent=2,
+        )
+        + "\n"
+    )
+    return model_dir / "README.md"

@@ -1,0 +1,172 @@
+"""The pretraining config: model sizes, the two stages (VAE, then denoiser), sampling, logging, export.
+
+One file describes one shipped base model; ``visalign pretrain --config configs/pretrain/flow.yaml`` reproduces
+it. Only the section of the chosen ``family`` (``flow`` or ``diffusion``) is used; the other keeps its defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from visalign.config_io import StrictModel
+from visalign.pretrain.build import DiffusionSpec, FlowSpec, TextSpec, VAESpec
+
+
+class VAEConfig(StrictModel):
+    """Stage 1: an ``AutoencoderKL`` trained on rendered train-split scenes (L1 + MSE + small KL)."""
+
+    block_out_channels: list[int] = [16, 32, 32]
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 8
+    mid_block_add_attention: bool = False
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 50
+    kl_weight: float = 1e-6
+    stats_images: int = 1024  # images encoded to set scaling_factor / shift_factor
+    init_from: str | None = None  # a pipeline folder whose vae/ is reused (this stage is then skipped)
+
+
+class TextConfig(StrictModel):
+    """The CLIP text tower(s) over the word-level tokenizer."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 128
+    projection_dim: int = 64
+    max_length: int = 16
+    train: bool = True  # trained jointly with the denoiser; false keeps the random init frozen
+
+
+class FlowModelConfig(StrictModel):
+    """The ``SD3Transformer2DModel`` (inner width = num_heads * head_dim) and its flow-matching schedule."""
+
+    patch_size: int = 2
+    num_layers: int = 4
+    num_heads: int = 3
+    head_dim: int = 32
+    shift: float = 1.0
+    timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+
+
+class DiffusionModelConfig(StrictModel):
+    """The ``UNet2DConditionModel`` (epsilon prediction) and its DDPM noise schedule."""
+
+    block_out_channels: list[int] = [32, 64, 64]
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    norm_num_groups: int = 8
+    cross_attention_levels: list[bool] = [True, True, False]
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+
+
+class TrainConfig(StrictModel):
+    """Stage 2: the denoiser (and the text encoders when ``text.train``)."""
+
+    steps: int = 6000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # 0 disables the EMA; samples, evals and exports use the EMA weights
+    prompt_dropout: float = 0.1  # the empty prompt, so that classifier-free guidance is available
+    tag_balanced: bool = True  # draw a tag uniformly, then a train prompt of that tag
+
+
+class SampleConfig(StrictModel):
+    """The sampler the model card names (also used for the periodic grids and evaluations)."""
+
+    steps: int = 10
+    guidance: float = 1.0
+    batch_size: int = 64
+
+
+class LogConfig(StrictModel):
+    every: int = 50  # metrics line in run_dir/metrics.jsonl
+    checkpoint_every: int = 250  # resumable checkpoint (atomic)
+    sample_every: int = 1000  # sample grid under run_dir/samples/
+    eval_every: int = (
+        1000  # test-split score in run_dir/eval.jsonl, and a pipeline folder under run_dir/exports/
+    )
+    eval_images_per_prompt: int = 2
+    grid_prompts: int = 16
+    final_images_per_prompt: int = 4  # the model card's evaluation (test split, seed 0); 0 skips the card
+
+
+class ExportConfig(StrictModel):
+    path: str | None = None  # also copy the final model folder here (e.g. src/visalign/assets/shapes-flow)
+    half: bool = True  # store weights as float16
+
+
+class PretrainConfig(StrictModel):
+    family: Literal["flow", "diffusion"] = "flow"
+    seed: int = 0
+    run_dir: str = "runs/pretrain"
+    image_size: int = 64
+    threads: int = 2
+    vae: VAEConfig = VAEConfig()
+    text: TextConfig = TextConfig()
+    flow: FlowModelConfig = FlowModelConfig()
+    diffusion: DiffusionModelConfig = DiffusionModelConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    log: LogConfig = LogConfig()
+    export: ExportConfig = ExportConfig()
+
+
+def vae_spec(cfg: PretrainConfig) -> VAESpec:
+    v = cfg.vae
+    return VAESpec(
+        image_size=cfg.image_size,
+        block_out_channels=tuple(v.block_out_channels),
+        layers_per_block=v.layers_per_block,
+        latent_channels=v.latent_channels,
+        norm_num_groups=v.norm_num_groups,
+        mid_block_add_attention=v.mid_block_add_attention,
+    )
+
+
+def text_spec(cfg: PretrainConfig) -> TextSpec:
+    t = cfg.text
+    return TextSpec(
+        hidden_size=t.hidden_size,
+        num_layers=t.num_layers,
+        num_heads=t.num_heads,
+        intermediate_size=t.intermediate_size,
+        projection_dim=t.projection_dim,
+        max_length=t.max_length,
+    )
+
+
+def model_spec(cfg: PretrainConfig) -> FlowSpec | DiffusionSpec:
+    """The builder spec of the configured family."""
+    if cfg.family == "flow":
+        f = cfg.flow
+        return FlowSpec(
+            vae=vae_spec(cfg),
+            text=text_spec(cfg),
+            patch_size=f.patch_size,
+            num_layers=f.num_layers,
+            num_heads=f.num_heads,
+            head_dim=f.head_dim,
+            shift=f.shift,
+        )
+    d = cfg.diffusion
+    return DiffusionSpec(
+        vae=vae_spec(cfg),
+        text=text_spec(cfg),
+        block_out_channels=tuple(d.block_out_channels),
+        layers_per_block=d.layers_per_block,
+        attention_head_dim=d.attention_head_dim,
+        norm_num_groups=d.norm_num_groups,
+        cross_attention_levels=tuple(d.cross_attention_levels),
+        beta_schedule=d.beta_schedule,
+        beta_start=d.beta_start,
+        beta_end=d.beta_end,
+    )

@@ -1,0 +1,554 @@
+"""Pretraining: stage 1 trains the VAE, stage 2 the denoiser (and text encoders) on its latents.
+
+Run directory layout::
+
+    run_dir/config.yaml          the resolved config
+    run_dir/checkpoints/*.pt     resumable state per stage (atomic; a rerun continues from here)
+    run_dir/vae/                 the finished stage-1 autoencoder (diffusers folder) + vae_report.json
+    run_dir/metrics.jsonl        loss / lr / wall time every ``log.every`` steps
+    run_dir/eval.jsonl           test-split ShapesBench score every ``log.eval_every`` steps
+    run_dir/samples/*.png        sample grids (one row per prompt)
+    run_dir/exports/step-N/      a loadable pipeline folder at each evaluation
+    run_dir/model/               the final pipeline folder (EMA weights)
+
+Learning rates warm up linearly and then stay constant, so a run of N steps is exactly the first N steps of a
+longer run: the step a model card names can be read off ``eval.jsonl`` and reproduced with ``train.steps=N``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from visalign.config_io import dump_config
+from visalign.errors import UserError
+from visalign.pretrain.build import (
+    build_diffusion_pipeline,
+    build_flow_pipeline,
+    build_vae,
+    count_parameters,
+    spec_to_dict,
+)
+from visalign.pretrain.card import CONTACT_SHEET, contact_sheet, final_evaluation, write_card
+from visalign.pretrain.checkpoint import (
+    append_jsonl,
+    load_checkpoint,
+    save_checkpoint,
+    save_module_folder,
+    truncate_jsonl,
+)
+from visalign.pretrain.config import PretrainConfig, model_spec, vae_spec
+from visalign.pretrain.data import ShapesData
+from visalign.pretrain.export import save_pipeline
+from visalign.pretrain.generate import generate, image_seed, pipeline_kwargs
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+def _lr_factor(step: int, warmup: int) -> float:
+    return min(1.0, (step + 1) / max(1, warmup))
+
+
+def _torch_gen(seed: int, stage: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(
+        int(np.random.SeedSequence([seed, stage, step]).generate_state(1)[0])
+    )
+
+
+# ----------------------------------------------------------------------------------------------- stage 1: VAE
+
+
+def train_vae(cfg: PretrainConfig, run_dir: Path, data: ShapesData, console: Console) -> Any:
+    """Train (or resume, or reuse) the autoencoder; return it with scaling/shift factors set."""
+    from diffusers import AutoencoderKL
+
+    out = run_dir / "vae"
+    if (out / "config.json").is_file():
+        console.print(f"stage 1 (vae): reusing {out}")
+        return AutoencoderKL.from_pretrained(out)
+    if cfg.vae.init_from:
+        src = Path(cfg.vae.init_from)
+        src = src / "vae" if (src / "vae" / "config.json").is_file() else src
+        vae = AutoencoderKL.from_pretrained(src)
+        save_module_folder(vae, out)
+        console.print(f"stage 1 (vae): copied from {src}")
+        return vae
+
+    v = cfg.vae
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(vae_spec(cfg))
+    opt = torch.optim.AdamW(vae.parameters(), lr=v.lr, weight_decay=0.0)
+    ckpt_path = run_dir / "checkpoints" / "vae.pt"
+    start, wall = 0, 0.0
+    state = load_checkpoint(ckpt_path)
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        start, wall = state["step"], state["wall"]
+        console.print(f"stage 1 (vae): resuming at step {start}")
+    vae.train()
+    t0 = time.perf_counter() - wall
+    metrics = run_dir / "metrics.jsonl"
+    truncate_jsonl(metrics, "vae_step", start)
+    with _progress(console) as progress:
+        task = progress.add_task("vae", total=v.steps, completed=start, info="")
+        for step in range(start, v.steps):
+            for group in opt.param_groups:
+                group["lr"] = v.lr * _lr_factor(step, v.warmup)
+            x = data.batch("vae", step, v.batch_size).images
+            post = vae.encode(x).latent_dist
+            z = post.sample(generator=_torch_gen(cfg.seed, 1, step))
+            y = vae.decode(z).sample
+            rec = (y - x).abs().mean() + F.mse_loss(y, x)
+            kl = post.kl().mean() / z[0].numel()
+            loss = rec + v.kl_weight * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            done = step + 1
+            progress.update(task, completed=done, info=f"rec {rec.item():.4f}")
+            if done % cfg.log.every == 0 or done == v.steps:
+                rec_item = {
+                    "vae_step": done,
+                    "rec": rec.item(),
+                    "kl": kl.item(),
+                    "wall": time.perf_counter() - t0,
+                }
+                append_jsonl(metrics, rec_item)
+                if not console.is_terminal:
+                    console.print(f"vae step {done}/{v.steps} rec {rec.item():.4f} kl {kl.item():.2f}")
+            if done % cfg.log.checkpoint_every == 0 or done == v.steps:
+                wall_now = time.perf_counter() - t0
+                save_checkpoint(
+                    ckpt_path,
+                    {"step": done, "model": vae.state_dict(), "optim": opt.state_dict(), "wall": wall_now},
+                )
+    vae.eval()
+    report = _vae_stats_and_report(cfg, vae, data)
+    report["steps"] = v.steps
+    report["wall_s"] = load_checkpoint(ckpt_path)["wall"]
+    report["params"] = count_parameters(vae)
+    save_module_folder(vae, out)
+    (out / "vae_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"stage 1 (vae): done; {json.dumps(report)}")
+    return vae
+
+
+@torch.no_grad()
+def _vae_stats_and_report(cfg: PretrainConfig, vae: Any, data: ShapesData) -> dict[str, Any]:
+    """Set ``scaling_factor`` / ``shift_factor`` from encoded train images; measure reconstructions on test scenes."""
+    zs = []
+    for i in range(0, cfg.vae.stats_images, 64):
+        x = data.batch("stats", i, min(64, cfg.vae.stats_images - i)).images
+        zs.append(vae.encode(x).latent_dist.mode())
+    z = torch.cat(zs)
+    mean, std = z.mean().item(), z.std().item()
+    if cfg.family == "flow":  # SD3 pipelines decode z / scale + shift
+        shift, scale = mean, 1.0 / std
+    else:  # SD1.5 pipelines have no shift: scale by the root mean square
+        shift, scale = 0.0, 1.0 / math.sqrt(mean**2 + std**2)
+    vae.register_to_config(scaling_factor=scale, shift_factor=shift)
+    report: dict[str, Any] = {
+        "latent_mean": mean,
+        "latent_std": std,
+        "scaling_factor": scale,
+        "shift_factor": shift,
+    }
+    test = ShapesData(cfg.seed + 1, cfg.image_size, tag_balanced=False, split="test")
+    items = test.items * 2
+    xs, recs = [], []
+    for i in range(0, len(items), 70):
+        chunk = items[i : i + 70]
+        x = torch.from_numpy(
+            np.stack(
+                [_render(m, image_seed(cfg.seed, i + j, 0), cfg.image_size) for j, m in enumerate(chunk)]
+            )
+        )
+        xt = x.permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        y = vae.decode(vae.encode(xt).latent_dist.mode()).sample.clamp(-1, 1)
+        xs.append(x.numpy())
+        recs.append(((y + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
+    x_all, r_all = np.concatenate(xs), np.concatenate(recs)
+    mse = float(np.mean((x_all.astype(np.float64) / 255 - r_all.astype(np.float64) / 255) ** 2))
+    report["recon_psnr_db"] = 10 * math.log10(1.0 / max(mse, 1e-12))
+    scores = _score(list(r_all), items)
+    truth = _score(list(x_all), items)
+    if scores is not None:
+        report["recon_strict_overall"] = scores["overall"]
+        report["recon_per_tag"] = scores.get("per_tag")
+    if truth is not None:
+        report["render_strict_overall"] = truth["overall"]
+    return report
+
+
+def _render(metadata: dict, seed: int, size: int) -> np.ndarray:
+    from visalign.worlds.shapes.render import render_scene
+
+    return render_scene(metadata, seed, size=size)
+
+
+def _have_verifier() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("visalign.eval.shapesbench") is not None
+
+
+def _score(images: list[np.ndarray], metadata: list[dict]) -> dict[str, Any] | None:
+    """ShapesBench scores, or None while the verifier is not installed."""
+    try:
+        from visalign.eval.shapesbench import score_images
+    except ImportError:
+        return None
+    return score_images(images, metadata)
+
+
+# ----------------------------------------------------------------------------------------- stage 2: denoiser
+
+
+class EMA:
+    """Exponential moving average of a list of parameters (shadow copies in float32)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+        self.params = params
+        self.decay = decay
+        self.shadow = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for s, p in zip(self.shadow, self.params, strict=True):
+            s.lerp_(p.detach(), 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """Temporarily load the EMA weights into the parameters."""
+        backup = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for s, p in zip(self.shadow, self.params, strict=True):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, p in zip(backup, self.params, strict=True):
+                    p.copy_(b)
+
+
+def _encode_text(pipe: Any, family: str, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Text conditioning through the pipeline's own ``encode_prompt`` (with gradients)."""
+    if family == "flow":
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            prompt_3=None,
+            device=torch.device("cpu"),
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+            max_sequence_length=0,
+        )
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+    embeds, _ = pipe.encode_prompt(prompts, torch.device("cpu"), 1, False)
+    return {"encoder_hidden_states": embeds}
+
+
+def denoiser_loss(
+    pipe: Any,
+    family: str,
+    cfg: PretrainConfig,
+    images: torch.Tensor,
+    prompts: list[str],
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """Flow matching (v = eps - x0 at sigma) or epsilon-prediction loss on one batch of images in [-1, 1]."""
+    vae = pipe.vae
+    with torch.no_grad():
+        z = vae.encode(images).latent_dist.mode()
+        z = (z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+    cond = _encode_text(pipe, family, prompts)
+    n = z.shape[0]
+    noise = torch.randn(z.shape, generator=gen)
+    if family == "flow":
+        if cfg.flow.timestep_sampling == "logit_normal":
+            sigma = torch.sigmoid(torch.randn(n, generator=gen))
+        else:
+            sigma = torch.rand(n, generator=gen)
+        s = sigma.view(n, 1, 1, 1)
+        x_t = (1 - s) * z + s * noise
+        pred = pipe.transformer(hidden_states=x_t, timestep=sigma * 1000, return_dict=False, **cond)[0]
+        return F.mse_loss(pred, noise - z)
+    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (n,), generator=gen)
+    x_t = pipe.scheduler.add_noise(z, noise, t)
+    pred = pipe.unet(x_t, t, return_dict=False, **cond)[0]
+    return F.mse_loss(pred, noise)
+
+
+def _fingerprint(module: torch.nn.Module) -> float:
+    """A cheap checksum of a module's weights (detects a denoiser checkpoint paired with another VAE)."""
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum() for p in module.parameters()))
+
+
+def _trainables(pipe: Any, family: str, cfg: PretrainConfig) -> dict[str, torch.nn.Module]:
+    names = ["transformer"] if family == "flow" else ["unet"]
+    if cfg.text.train:
+        names += ["text_encoder", "text_encoder_2"] if family == "flow" else ["text_encoder"]
+    return {n: getattr(pipe, n) for n in names}
+
+
+def sampler_settings(cfg: PretrainConfig) -> dict[str, Any]:
+    """The sampler the model card names, as stored in ``visalign.json``."""
+    out: dict[str, Any] = {"num_inference_steps": cfg.sample.steps, "guidance_scale": cfg.sample.guidance}
+    if cfg.family == "flow":
+        out["max_sequence_length"] = 0
+    return out
+
+
+def evaluate(pipe: Any, cfg: PretrainConfig, images_per_prompt: int, seed: int) -> dict[str, Any] | None:
+    """Strict / soft ShapesBench scores on the test split with the configured sampler."""
+    from visalign.worlds.shapes.prompts import load_split
+
+    items = load_split("test")
+    prompts = [m["prompt"] for m in items for _ in range(images_per_prompt)]
+    metas = [m for m in items for _ in range(images_per_prompt)]
+    seeds = [image_seed(seed, p, k) for p in range(len(items)) for k in range(images_per_prompt)]
+    kwargs = pipeline_kwargs(cfg.family, cfg.sample.steps, cfg.sample.guidance, 0)
+    images = generate(pipe, prompts, seeds, kwargs, batch_size=cfg.sample.batch_size)
+    return _score(list(images), metas)
+
+
+def save_grid(pipe: Any, cfg: PretrainConfig, path: Path, n_prompts: int, per_prompt: int = 4) -> None:
+    """One row per test prompt (spread over the tags), ``per_prompt`` images each; prompts in a .txt beside it."""
+    from PIL import Image
+
+    from visalign.worlds.shapes.prompts import load_split
+
+    items = load_split("test")
+    pick = [items[round(i * (len(items) - 1) / max(1, n_prompts - 1))] for i in range(n_prompts)]
+    prompts = [m["prompt"] for m in pick for _ in range(per_prompt)]
+    seeds = [image_seed(cfg.seed, p, k) for p in range(len(pick)) for k in range(per_prompt)]
+    kwargs = pipeline_kwargs(cfg.family, cfg.sample.steps, cfg.sample.guidance, 0)
+    images = generate(pipe, prompts, seeds, kwargs, batch_size=cfg.sample.batch_size)
+    h, w = images.shape[1:3]
+    sheet = np.full((n_prompts * (h + 2), per_prompt * (w + 2), 3), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, per_prompt)
+        sheet[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = img
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(path)
+    path.with_suffix(".txt").write_text("".join(m["prompt"] + "\n" for m in pick))
+
+
+def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: Any, console: Console) -> Any:
+    """Stage 2. Returns the pipeline holding the EMA weights."""
+    family = cfg.family
+    spec = model_spec(cfg)
+    builder = build_flow_pipeline if family == "flow" else build_diffusion_pipeline
+    pipe = builder(spec, seed=cfg.seed)
+    pipe.vae.load_state_dict(vae.state_dict())
+    pipe.vae.register_to_config(
+        scaling_factor=vae.config.scaling_factor, shift_factor=vae.config.shift_factor
+    )
+    pipe.vae.requires_grad_(False)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+    trainables = _trainables(pipe, family, cfg)
+    params = [p for m in trainables.values() for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    t = cfg.train
+    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    ema = EMA(params, t.ema_decay) if t.ema_decay > 0 else None
+
+    ckpt_path = run_dir / "checkpoints" / "denoiser.pt"
+    start, wall = 0, 0.0
+    state = load_checkpoint(ckpt_path)
+    if state is not None:
+        for name, module in trainables.items():
+            module.load_state_dict(state["modules"][name])
+        opt.load_state_dict(state["optim"])
+        if ema is not None:
+            for s, saved in zip(ema.shadow, state["ema"], strict=True):
+                s.copy_(saved)
+        if state.get("vae_fingerprint") != _fingerprint(pipe.vae):
+            raise UserError(
+                f"{ckpt_path}: was trained on a different VAE than {run_dir / 'vae'}; use a new run_dir"
+            )
+        start, wall = state["step"], state["wall"]
+        console.print(f"stage 2 ({family}): resuming at step {start}")
+    metrics, evals = run_dir / "metrics.jsonl", run_dir / "eval.jsonl"
+    truncate_jsonl(metrics, "step", start)
+    truncate_jsonl(evals, "step", start)
+    n_params = {
+        name: count_parameters(m) for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)
+    }
+    console.print(f"stage 2 ({family}): parameters {n_params}")
+
+    def weights() -> contextlib.AbstractContextManager:
+        return ema.applied() if ema is not None else contextlib.nullcontext()
+
+    def checkpoint(done: int) -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "step": done,
+                "modules": {n: m.state_dict() for n, m in trainables.items()},
+                "optim": opt.state_dict(),
+                "ema": [s.clone() for s in ema.shadow] if ema is not None else None,
+                "wall": time.perf_counter() - t0,
+                "vae_fingerprint": _fingerprint(pipe.vae),
+            },
+        )
+
+    t0 = time.perf_counter() - wall
+    for m in trainables.values():
+        m.train()
+    with _progress(console) as progress:
+        task = progress.add_task(family, total=t.steps, completed=start, info="")
+        for step in range(start, t.steps):
+            for group in opt.param_groups:
+                group["lr"] = t.lr * _lr_factor(step, t.warmup)
+            batch = data.batch("denoiser", step, t.batch_size, prompt_dropout=t.prompt_dropout)
+            loss = denoiser_loss(
+                pipe, family, cfg, batch.images, batch.prompts, _torch_gen(cfg.seed, 2, step)
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            opt.step()
+            if ema is not None:
+                ema.update()
+            done = step + 1
+            progress.update(task, completed=done, info=f"loss {loss.item():.4f}")
+            if done % cfg.log.every == 0 or done == t.steps:
+                wall_now = time.perf_counter() - t0
+                append_jsonl(
+                    metrics,
+                    {"step": done, "loss": loss.item(), "grad_norm": grad_norm.item(), "wall": wall_now},
+                )
+                if not console.is_terminal:
+                    console.print(
+                        f"{family} step {done}/{t.steps} loss {loss.item():.4f} wall {wall_now:.0f}s"
+                    )
+            at_eval = cfg.log.eval_every > 0 and (done % cfg.log.eval_every == 0 or done == t.steps)
+            at_grid = cfg.log.sample_every > 0 and (done % cfg.log.sample_every == 0 or done == t.steps)
+            if at_eval or at_grid:
+                for m in trainables.values():
+                    m.eval()
+                with weights():
+                    if at_grid:
+                        save_grid(
+                            pipe, cfg, run_dir / "samples" / f"step-{done:06d}.png", cfg.log.grid_prompts
+                        )
+                    if at_eval:
+                        scores = evaluate(pipe, cfg, cfg.log.eval_images_per_prompt, cfg.seed)
+                        if scores is not None:
+                            rec = {
+                                "step": done,
+                                "overall": scores["overall"],
+                                "per_tag": scores.get("per_tag"),
+                            }
+                            append_jsonl(evals, rec)
+                            console.print(
+                                f"{family} step {done}: test strict {scores['overall']:.3f} {scores.get('per_tag')}"
+                            )
+                        export_model(
+                            pipe,
+                            cfg,
+                            run_dir / "exports" / f"step-{done:06d}",
+                            done,
+                            time.perf_counter() - t0,
+                            n_params,
+                        )
+                for m in trainables.values():
+                    m.train()
+            if done % cfg.log.checkpoint_every == 0 or done == t.steps:
+                checkpoint(done)
+    for m in trainables.values():
+        m.eval()
+    wall = time.perf_counter() - t0
+    if ema is not None:
+        with torch.no_grad():
+            for s, p in zip(ema.shadow, ema.params, strict=True):
+                p.copy_(s)
+    pipe._visalign_wall = wall  # noqa: SLF001 - carried to the export summary
+    return pipe
+
+
+def export_model(
+    pipe: Any, cfg: PretrainConfig, out: Path, step: int, wall: float, n_params: dict[str, int]
+) -> Path:
+    """Write a loadable pipeline folder with ``visalign.json`` (sampler, spec, training summary)."""
+    extra = {
+        "family": cfg.family,
+        "spec": spec_to_dict(model_spec(cfg)),
+        "training": {
+            "denoiser_steps": step,
+            "denoiser_wall_s": round(wall, 1),
+            "batch_size": cfg.train.batch_size,
+        },
+        "parameters": n_params,
+    }
+    return save_pipeline(pipe, out, sampler=sampler_settings(cfg), extra=extra, half=cfg.export.half)
+
+
+def run_pretrain(cfg: PretrainConfig, console: Console | None = None) -> Path:
+    """Both stages, resumable; returns the final model folder (``run_dir/model``)."""
+    console = console or Console()
+    torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    data = ShapesData(cfg.seed, cfg.image_size, tag_balanced=cfg.train.tag_balanced)
+    t0 = time.perf_counter()
+    vae = train_vae(cfg, run_dir, data, console)
+    pipe = train_denoiser(cfg, run_dir, data, vae, console)
+    n_params = {
+        name: count_parameters(m) for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)
+    }
+    out = export_model(pipe, cfg, run_dir / "model", cfg.train.steps, pipe._visalign_wall, n_params)
+    name = Path(cfg.export.path).name if cfg.export.path else f"shapes-{cfg.family}"
+    if cfg.log.final_images_per_prompt > 0 and _have_verifier():
+        evaluation = final_evaluation(pipe, cfg, cfg.log.final_images_per_prompt, seed=0)
+        contact_sheet(evaluation, out / CONTACT_SHEET)
+        write_card(out, run_dir, cfg, evaluation, name)
+        res = evaluation["results"]
+        console.print(f"final test-split strict {res['overall']:.3f} soft {res['soft']:.3f} {res['per_tag']}")
+    if cfg.export.path:
+        dest = Path(cfg.export.path)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(out, dest)
+        console.print(f"copied the model to {dest}")
+    console.print(f"pretrain done in {time.perf_counter() - t0:.0f}s (this invocation): {out}")
+    return out

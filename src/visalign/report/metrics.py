@@ -1,0 +1,78 @@
+"""Run metrics: one JSON object per line in ``metrics.jsonl`` (always), TensorBoard and wandb (optional).
+
+wandb is imported only when asked for; if it is missing the error says how to get it (offline mode works:
+``WANDB_MODE=offline``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from visalign.errors import UserError
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+def truncate_metrics(path: str | Path, last_iteration: int) -> None:
+    """Drop lines logged after ``last_iteration`` (a resumed run re-logs them)."""
+    path = Path(path)
+    rows = [r for r in read_metrics(path) if int(r.get("iteration", 0)) <= last_iteration]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = False, wandb: bool = False,
+                 wandb_project: str = "visalign", config: dict[str, Any] | None = None, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._tb = None
+        self._wandb = None
+        if not enabled:
+            return
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise UserError("log.tensorboard=true needs the tensorboard package (pip install tensorboard)") from err
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if wandb:
+            try:
+                import wandb as wandb_module
+            except ImportError:
+                raise UserError(
+                    "log.wandb=true needs the wandb package (pip install wandb; WANDB_MODE=offline works without an account)"
+                ) from None
+            self._wandb = wandb_module.init(project=wandb_project, dir=str(run_dir), config=config or {})
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        step = int(row.get("iteration", 0))
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "iteration"}
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

@@ -1,0 +1,142 @@
+"""Several rewards at once: a weighted sum at the reward level, or per-reward group normalisation (GDPO).
+
+* ``composite`` reward: ``{"composite": sum_k w_k r_k, <every key of every component>...}``: the total
+  first, then each component's scores, so each is logged separately. Differentiable if every component is;
+  groupwise if any component is.
+* ``gdpo_combine``: GDPO-style combination (normalise each reward within its group, then weighted sum):
+  ``A = sum_k w_k (r_k - mean_g r_k) / (std_g r_k + eps)``; the engine normalises the result over the batch
+  afterwards (DESIGN.md section 5). ``std`` is the population standard deviation (``unbiased=False``), as
+  in GRPO implementations; a group with zero variance in a reward contributes 0 for that reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from visalign.errors import UserError
+from visalign.rewards.base import Reward, RewardError, build_reward, register_reward
+
+
+def group_normalise(values: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """``(v - mean_g v) / (std_g v + eps)`` within each group (population std)."""
+    values = values.float()
+    group_ids = torch.as_tensor(group_ids)
+    out = torch.empty_like(values)
+    for g in torch.unique(group_ids):
+        mask = group_ids == g
+        v = values[mask]
+        std = v.std(unbiased=False)
+        out[mask] = torch.zeros_like(v) if std == 0 else (v - v.mean()) / (std + eps)
+    return out
+
+
+def gdpo_combine(
+    components: Mapping[str, torch.Tensor],
+    weights: Mapping[str, float] | Sequence[float] | None,
+    group_ids: torch.Tensor | Sequence[int],
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """GDPO: normalise each reward within its group, then take the weighted sum (``Tensor[B]``).
+
+    ``weights``: per component name (a component without a weight is an error, never a silent 0), a sequence
+    in the order of ``components``, or ``None`` for all ones.
+    """
+    if not components:
+        raise ValueError("gdpo_combine needs at least one component")
+    names = list(components)
+    if weights is None:
+        w = dict.fromkeys(names, 1.0)
+    elif isinstance(weights, Mapping):
+        missing = [n for n in names if n not in weights]
+        if missing:
+            raise ValueError(f"gdpo_combine: no weight for {missing}")
+        w = {n: float(weights[n]) for n in names}
+    else:
+        if len(weights) != len(names):
+            raise ValueError(f"gdpo_combine: {len(weights)} weights for {len(names)} components")
+        w = {n: float(x) for n, x in zip(names, weights, strict=True)}
+    group_ids = torch.as_tensor(group_ids)
+    batch = group_ids.shape[0]
+    total = torch.zeros(batch, dtype=torch.float32)
+    for name in names:
+        values = components[name]
+        if values.shape != (batch,):
+            raise ValueError(f"gdpo_combine: component '{name}' has shape {tuple(values.shape)}, expected ({batch},)")
+        total = total + w[name] * group_normalise(values, group_ids, eps)
+    return total
+
+
+def _spec(item: Any) -> tuple[str, str, dict[str, Any], float]:
+    """(result-key prefix, reward name, kwargs, weight) from ``"name"`` or ``{"name":..., "weight":..., ...}``."""
+    if isinstance(item, str):
+        return item, item, {}, 1.0
+    if isinstance(item, Mapping) and "name" in item:
+        kwargs = dict(item.get("kwargs", {}))
+        return str(item.get("key", item["name"])), str(item["name"]), kwargs, float(item.get("weight", 1.0))
+    raise UserError(f"reward 'composite': component {item!r} must be a name or {{name, weight, kwargs}}")
+
+
+@register_reward("composite")
+class CompositeReward(Reward):
+    """Weighted sum of registered rewards; ``components``: names or ``{name, weight, kwargs, key}`` dicts.
+
+    ``weights`` (optional) overrides per name: ``weights={"pickscore": 1/26}``. Components may also be
+    given as already-built ``Reward`` objects via ``rewards=[(reward, weight), ...]``.
+    """
+
+    name = "composite"
+    summary = "weighted sum of other rewards; components logged"
+    differentiable = False
+    groupwise = False
+    output_range = (float("-inf"), float("inf"))
+
+    def __init__(
+        self,
+        components: Sequence[Any] = (),
+        weights: Mapping[str, float] | None = None,
+        rewards: Sequence[tuple[Reward, float]] = (),
+    ) -> None:
+        self.parts: list[tuple[str, Reward, float]] = [(r.name, r, float(w)) for r, w in rewards]
+        for item in components:
+            key, name, kwargs, weight = _spec(item)
+            if name == "composite":
+                raise UserError("reward 'composite': a composite cannot contain a composite")
+            self.parts.append((key, build_reward(name, **kwargs), weight))
+        if not self.parts:
+            raise UserError("reward 'composite': no components given (components=[...])")
+        keys = [k for k, _r, _w in self.parts]
+        if len(set(keys)) != len(keys):
+            raise UserError(f"reward 'composite': duplicate component keys {keys}; give each a distinct 'key'")
+        if weights:
+            unknown = set(weights) - set(keys)
+            if unknown:
+                raise UserError(f"reward 'composite': weights for unknown components {sorted(unknown)}")
+            self.parts = [(k, r, float(weights.get(k, w))) for k, r, w in self.parts]
+        self.differentiable = all(r.differentiable for _k, r, _w in self.parts)  # type: ignore[misc]
+        self.groupwise = any(r.groupwise for _k, r, _w in self.parts)  # type: ignore[misc]
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {k: w for k, _r, w in self.parts}
+
+    def score(
+        self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        total: torch.Tensor | None = None
+        logged: dict[str, torch.Tensor] = {}
+        for key, reward, weight in self.parts:
+            scores = reward(images, prompts, metadata)
+            main = next(iter(scores.values()))
+            total = weight * main if total is None else total + weight * main
+            for sub, value in scores.items():
+                name = key if sub == reward.name else (sub if key == reward.name else f"{key}/{sub}")
+                if name in logged or name == self.name:
+                    name = f"{key}/{sub}"
+                if name in logged:
+                    raise RewardError(f"reward 'composite': two components both return '{name}'")
+                logged[name] = value
+        assert total is not None
+        return {self.name: total, **logged}

@@ -1,0 +1,78 @@
+"""ShapesWorld verifier rewards: GenEval's strict rules (0/1) and a soft partial-credit score in [0, 1].
+
+Both wrap ``visalign.worlds.shapes.verifier.verify_batch`` (classical image analysis against the prompt's
+GenEval-style metadata; each metadata carries a ``"tag"`` from ``visalign.worlds.shapes.vocab.TAGS``).
+The main key is the chosen score; the other one is returned as a logged component. ``per_tag_means``
+breaks a batch's scores down by tag for logging. Not differentiable.
+
+The learned ShapesWorld reward model (a small network trained on verifier labels) registers itself in its
+own module, ``rewards/shapes_rm.py``, under ``shapes_rm``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from visalign.rewards.base import Reward, RewardError, register_reward
+
+
+def verdict_scores(images: torch.Tensor, metadata: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(strict 0/1, soft in [0, 1]) tensors for a batch, from the ShapesWorld verifier."""
+    from visalign.worlds.shapes.verifier import verify_batch
+
+    for i, meta in enumerate(metadata):
+        if not meta:
+            raise RewardError(f"ShapesWorld reward: batch position {i} has no metadata (a ShapesWorld prompt needs it)")
+    verdicts = verify_batch(images.detach(), list(metadata))
+    strict = torch.tensor([1.0 if v.correct else 0.0 for v in verdicts], dtype=torch.float32)
+    soft = torch.tensor([float(v.score) for v in verdicts], dtype=torch.float32)
+    return strict, soft
+
+
+def per_tag_means(scores: torch.Tensor, metadata: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean score per ShapesWorld tag present in the batch (``{tag: mean}``), for logging."""
+    from visalign.worlds.shapes.vocab import TAGS
+
+    out: dict[str, float] = {}
+    for tag in TAGS:
+        idx = [i for i, m in enumerate(metadata) if m.get("tag") == tag]
+        if idx:
+            out[tag] = float(scores[idx].float().mean())
+    return out
+
+
+@register_reward("shapes_strict")
+class ShapesStrict(Reward):
+    """1 if the image satisfies every GenEval rule of its metadata, else 0 (component: ``shapes_soft``)."""
+
+    name = "shapes_strict"
+    summary = "ShapesWorld verifier, GenEval rules, 0/1"
+    differentiable = False
+    groupwise = False
+    output_range = (0.0, 1.0)
+
+    def score(
+        self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        strict, soft = verdict_scores(images, metadata)
+        return {self.name: strict, "shapes_soft": soft}
+
+
+@register_reward("shapes_soft")
+class ShapesSoft(Reward):
+    """Partial credit in [0, 1] (component: ``shapes_strict``)."""
+
+    name = "shapes_soft"
+    summary = "ShapesWorld verifier, partial credit"
+    differentiable = False
+    groupwise = False
+    output_range = (0.0, 1.0)
+
+    def score(
+        self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        strict, soft = verdict_scores(images, metadata)
+        return {self.name: soft, "shapes_strict": strict}

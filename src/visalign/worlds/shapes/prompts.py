@@ -1,0 +1,220 @@
+"""The fixed train / test prompt splits of ShapesWorld, their generation and their loading.
+
+The test split is small (10 prompts per tag, 70 in all) because RL runs evaluate on it many times.
+Some combinations are *held out*: they occur in test and never in train, so that a trained policy's
+test score measures generalisation to unseen compositions, not recall of training prompts:
+
+* two_object: 2 unordered shape pairs;       * counting: 3 (count, shape) pairs, one per count;
+* colors and color_attr: 5 (colour, shape) pairs, one per shape, never shown together in train;
+* position: 6 (shape, relation, shape) triples (and their mirror wordings); * text: 10 numbers.
+* single_object has only 5 combinations; its test prompts use phrasings that train does not.
+
+Every test prompt string is absent from train. ``generate_splits(seed)`` is deterministic; the shipped
+files under ``data/`` are ``generate_splits(0)`` and ``visalign world prompts`` rewrites them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from visalign.errors import UserError
+from visalign.worlds.shapes import phrasings as ph
+from visalign.worlds.shapes.metadata import validate_metadata
+from visalign.worlds.shapes.vocab import COLORS, COUNT_RANGE, OPPOSITE, RELATIONS, SHAPES, TAGS
+
+DATA_DIR = Path(__file__).parent / "data"
+SPLITS = ("train", "test")
+TEST_PER_TAG = 10
+COLOR_ATTR_TRAIN = 300
+TEXT_TRAIN = 300
+
+
+def _pick(rng: np.random.Generator, items: list, n: int) -> list:
+    """n distinct items in a seeded random order."""
+    return [items[i] for i in rng.permutation(len(items))[:n]]
+
+
+def held_out(seed: int = 0) -> dict[str, list]:
+    """The combinations that occur in test and never in train, per tag."""
+    rng = np.random.default_rng(seed)
+    pairs = list(itertools.combinations(SHAPES, 2))
+    counts = list(range(COUNT_RANGE[0], COUNT_RANGE[1] + 1))
+    count_shapes = _pick(rng, list(SHAPES), len(counts))
+    colour_pick = _pick(rng, list(COLORS), len(SHAPES))
+    ordered = list(itertools.permutations(SHAPES, 2))
+    triples = [(a, r, b) for a, b in ordered for r in RELATIONS]
+    numbers = (
+        _pick(rng, [str(i) for i in range(10)], 2)
+        + _pick(rng, [str(i) for i in range(10, 100)], 4)
+        + _pick(rng, [str(i) for i in range(100, 1000)], 4)
+    )
+    return {
+        "two_object": _pick(rng, pairs, 2),
+        "counting": list(zip(counts, count_shapes, strict=True)),
+        "color_shape": list(zip(colour_pick, SHAPES, strict=True)),
+        "position": _pick(rng, triples, 6),
+        "text": numbers,
+    }
+
+
+def _split_tag(
+    rng: np.random.Generator, held: list[dict], seen: list[dict], n_test: int
+) -> tuple[list, list]:
+    """Test = every held-out prompt given + random seen prompts up to n_test; train = the other seen prompts."""
+    extra = _pick(rng, seen, n_test - len(held))
+    chosen = {md["prompt"] for md in extra}
+    return held + extra, [md for md in seen if md["prompt"] not in chosen]
+
+
+def generate_splits(seed: int = 0) -> dict[str, list[dict]]:
+    """Build the train and test splits (lists of metadata dicts) deterministically from ``seed``."""
+    ho = held_out(seed)
+    rng = np.random.default_rng(seed + 1)
+
+    def k(tag: str) -> int:
+        """A random phrasing index for ``tag``."""
+        return int(rng.integers(len(ph.PHRASINGS[tag])))
+
+    train: list[dict] = []
+    test: list[dict] = []
+
+    # single_object: 2 phrasings per shape in test, the other 2 in train.
+    for shape in SHAPES:
+        order = rng.permutation(len(ph.PHRASINGS["single_object"]))
+        test += [ph.single_object(shape, int(i)) for i in order[:2]]
+        train += [ph.single_object(shape, int(i)) for i in order[2:]]
+
+    # two_object
+    held_pairs = {frozenset(p) for p in ho["two_object"]}
+    held = [ph.two_object(a, b, k("two_object")) for p in ho["two_object"] for a, b in (p, p[::-1])]
+    seen = [
+        ph.two_object(a, b, j)
+        for a, b in itertools.permutations(SHAPES, 2)
+        if frozenset((a, b)) not in held_pairs
+        for j in range(len(ph.PHRASINGS["two_object"]))
+    ]
+    te, tr = _split_tag(rng, held, seen, TEST_PER_TAG)
+    test += te
+    train += tr
+
+    # counting
+    held_counts = set(ho["counting"])
+    held = [ph.counting(s, n, k("counting")) for n, s in ho["counting"]]
+    seen = [
+        ph.counting(s, n, j)
+        for n in range(COUNT_RANGE[0], COUNT_RANGE[1] + 1)
+        for s in SHAPES
+        if (n, s) not in held_counts
+        for j in range(len(ph.PHRASINGS["counting"]))
+    ]
+    te, tr = _split_tag(rng, held, seen, TEST_PER_TAG)
+    test += te
+    train += tr
+
+    # colors
+    held_cs = set(ho["color_shape"])
+    held = [ph.colors(c, s, k("colors")) for c, s in ho["color_shape"]]
+    seen = [
+        ph.colors(c, s, j)
+        for s in SHAPES
+        for c in COLORS
+        if (c, s) not in held_cs
+        for j in range(len(ph.PHRASINGS["colors"]))
+    ]
+    te, tr = _split_tag(rng, held, seen, TEST_PER_TAG)
+    test += te
+    train += tr
+
+    # position
+    # a held-out triple is held out in both wordings: "a star left of a circle" = "a circle right of a star"
+    held_pos = set(ho["position"]) | {(b, OPPOSITE[r], a) for a, r, b in ho["position"]}
+    held = [ph.position(a, r, b, k("position")) for a, r, b in ho["position"]]
+    seen = [
+        ph.position(a, r, b, j)
+        for a, b in itertools.permutations(SHAPES, 2)
+        for r in RELATIONS
+        if (a, r, b) not in held_pos
+        for j in range(len(ph.PHRASINGS["position"]))
+    ]
+    te, tr = _split_tag(rng, held, seen, TEST_PER_TAG)
+    test += te
+    train += tr
+
+    # color_attr: combinations are (colour a, shape a, colour b, shape b), shapes and colours distinct.
+    combos = [
+        (ca, a, cb, b)
+        for a, b in itertools.permutations(SHAPES, 2)
+        for ca, cb in itertools.permutations(COLORS, 2)
+    ]
+    with_held = [c for c in combos if ((c[0], c[1]) in held_cs) != ((c[2], c[3]) in held_cs)]
+    without = [c for c in combos if (c[0], c[1]) not in held_cs and (c[2], c[3]) not in held_cs]
+    test_combos = _pick(rng, with_held, 6) + _pick(rng, without, TEST_PER_TAG - 6)
+    test += [ph.color_attr(*c, k("color_attr")) for c in test_combos]
+    pool = [c for c in without if c not in set(test_combos)]
+    train += [ph.color_attr(*c, k("color_attr")) for c in _pick(rng, pool, COLOR_ATTR_TRAIN)]
+
+    # text
+    test += [ph.text(x, k("text")) for x in ho["text"]]
+    held_numbers = set(ho["text"])
+    short = [str(i) for i in range(100) if str(i) not in held_numbers]
+    long = [str(i) for i in range(100, 1000) if str(i) not in held_numbers]
+    numbers = short + _pick(rng, long, TEXT_TRAIN - len(short))
+    train += [ph.text(x, k("text")) for x in numbers]
+
+    order = {t: i for i, t in enumerate(TAGS)}
+    return {
+        "train": sorted(train, key=lambda md: order[md["tag"]]),
+        "test": sorted(test, key=lambda md: order[md["tag"]]),
+    }
+
+
+def load_prompt_file(path: str | Path) -> list[dict]:
+    """Read a JSONL file of metadata (one object per line, blank lines skipped), validating every line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read prompt file ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    out = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            md = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+        validate_metadata(md, f"{path}:{lineno}")
+        out.append(md)
+    if not out:
+        raise UserError(f"{path}: no prompts in file")
+    return out
+
+
+def load_split(split: str) -> list[dict]:
+    """The shipped 'train' or 'test' split as a list of metadata dicts."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    return load_prompt_file(DATA_DIR / f"{split}.jsonl")
+
+
+def write_prompt_file(path: str | Path, metadatas: list[dict]) -> None:
+    """Write metadata dicts as JSONL (one compact object per line)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(md) + "\n" for md in metadatas), encoding="utf-8")
+
+
+def write_splits(out_dir: str | Path = DATA_DIR, seed: int = 0) -> dict[str, Path]:
+    """Regenerate the split files into ``out_dir``; returns split -> path."""
+    splits = generate_splits(seed)
+    paths = {}
+    for name, mds in splits.items():
+        paths[name] = Path(out_dir) / f"{name}.jsonl"
+        write_prompt_file(paths[name], mds)
+    return paths
