@@ -83,13 +83,34 @@ def test_lora_reference_is_the_base_model_and_full_reference_is_frozen():
         assert torch.equal(after, policy), mode  # the context restores the policy
 
 
-def _rollout(gen, kernel_name="sde", noise=0.7, steps=6, n_prompts=2, group=4):
+def _rollout(gen, kernel_name="sde", noise=0.7, steps=6, n_prompts=2, group=4, guidance=1.0):
     schedule = gen.schedule(steps)
     kernel = gen.make_kernel(kernel_name, noise, schedule)
     prompts = [p for p in PROMPTS[:n_prompts] for _ in range(group)]
     ids = torch.arange(n_prompts).repeat_interleave(group)
-    r = run_rollout(gen, schedule, kernel, prompts, [{} for _ in prompts], ids, list(range(len(prompts))))
+    r = run_rollout(gen, schedule, kernel, prompts, [{} for _ in prompts], ids, list(range(len(prompts))),
+                    guidance_scale=guidance)
     return r
+
+
+def test_cfg_is_the_guided_combination_and_replays_exactly():
+    gen = _flow()
+    _perturb(gen)
+    x = torch.randn(2, *gen.latent_shape(), generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([900.0, 400.0])
+    cond = gen.encode(PROMPTS[:2], with_negative=True)
+    uncond = gen.encode([gen.negative_prompt] * 2)
+    with torch.no_grad():
+        guided = gen.predict(x, t, cond, guidance_scale=4.0)
+        c, u = gen.predict(x, t, cond), gen.predict(x, t, uncond)
+    torch.testing.assert_close(guided, u + 4.0 * (c - u), rtol=1e-5, atol=1e-5)
+    r = _rollout(gen, guidance=4.0)
+    r.advantages, r.mask = torch.ones(len(r)), torch.ones(len(r), dtype=torch.bool)
+    algo = build_algorithm("flow_grpo")
+    for batch in algo.micro_batches(r, torch.tensor([1, 4, 6])):
+        assert batch.guidance_scale == 4.0
+        _, m = algo.loss(batch, gen)
+        assert m["log_ratio_abs_max"] < 1e-5
 
 
 @pytest.mark.parametrize("family", ["flow", "diffusion"])
@@ -160,3 +181,25 @@ def test_registry_errors_and_extension():
         build_algorithm("flow_grpo", {"clip_rang": 0.1})
     with pytest.raises(ValueError, match="unknown needs"):
         register_algorithm("bad_needs_algo")(type("Bad", (Algorithm,), {"needs": frozenset({"telepathy"})}))
+
+
+def test_rollout_stores_only_trained_steps_and_can_share_group_noise():
+    gen = _flow()
+    schedule = gen.schedule(6)
+    kernel = gen.make_kernel("sde", 0.7, schedule)
+    prompts = [p for p in PROMPTS[:2] for _ in range(3)]
+    ids = torch.tensor([0, 0, 0, 1, 1, 1])
+    r = run_rollout(gen, schedule, kernel, prompts, [{}] * 6, ids, [5, 6, 7, 8, 9, 10], num_train_steps=2,
+                    train_window=(0, 4), share_initial_noise=True)
+    assert r.x.shape[:2] == (6, 2) and r.log_prob.shape == (6, 2)
+    assert ((r.step_index >= 0) & (r.step_index < 4)).all()
+    # the same seed gives the same choice and the same sample, whatever the batch around it
+    alone = run_rollout(gen, schedule, kernel, prompts[3:4], [{}], ids[3:4], [8], num_train_steps=2,
+                        train_window=(0, 4))
+    assert torch.equal(alone.step_index[0], r.step_index[3])
+    torch.testing.assert_close(alone.final_latents[0], r.final_latents[3], rtol=1e-5, atol=1e-5)
+    # shared initial noise: group members start from their first member's noise, then diverge (SDE)
+    full = run_rollout(gen, schedule, kernel, prompts, [{}] * 6, ids, [5, 6, 7, 8, 9, 10], train_window=(0, 1),
+                       share_initial_noise=True)
+    assert torch.equal(full.x[0, 0], full.x[2, 0]) and not torch.equal(full.x[0, 0], full.x[3, 0])
+    assert not torch.equal(full.final_latents[0], full.final_latents[2])

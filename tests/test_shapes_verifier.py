@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from visalign.errors import UserError
 from visalign.worlds.shapes.augment import degrade, random_degradation
 from visalign.worlds.shapes.mismatch import corrupt
 from visalign.worlds.shapes.prompts import load_split
@@ -162,3 +163,19 @@ def test_other_resolutions() -> None:
     mds = load_split("test")
     images = [render_scene(md, i, size=128) for i, md in enumerate(mds)]
     assert _accuracy(verify_batch(images, mds)) >= 0.97
+
+
+def test_empty_or_invalid_metadata_never_passes() -> None:
+    img = render_scene(load_split("test")[0], 0)
+    with pytest.raises(UserError, match=r"metadata\[0\].*needs a non-empty 'include'"):
+        verify(img, {"tag": "single_object", "prompt": "x", "include": []})
+    with pytest.raises(UserError, match="belongs on an include entry"):
+        verify(
+            img,
+            {
+                "tag": "position",
+                "prompt": "x",
+                "include": [{"class": "star", "count": 1}],
+                "position": ["above", 0],
+            },
+        )

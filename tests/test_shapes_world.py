@@ -96,6 +96,7 @@ def test_held_out_combinations_occur_in_test_only() -> None:
         }
 
     assert len(counts(test) - counts(train)) >= 3
+
     def pairs(mds: Iterable[dict]) -> set[frozenset[str]]:
         return {frozenset(r["class"] for r in md["include"]) for md in mds if md["tag"] == "two_object"}
 
@@ -231,3 +232,29 @@ def test_scene_sizes_vary_and_colours_cover_the_palette() -> None:
     radii = [s.objects[0].radius for s in scenes]
     assert max(radii) - min(radii) > 4
     assert {s.objects[0].color for s in scenes} == set(vocab.COLORS)
+
+
+# --- degradations used to stress the verifier ---------------------------------------------------
+
+
+def test_degradations_have_the_stated_strength() -> None:
+    from visalign.worlds.shapes.augment import Degradation, degrade, gaussian_blur
+
+    delta = np.zeros((41, 41, 1), dtype=np.float64)
+    delta[20, 20] = 1.0
+    psf = gaussian_blur(delta, 1.0)[..., 0]
+    assert psf.sum() == pytest.approx(1.0)
+    xs = np.arange(41) - 20
+    assert np.sqrt((psf.sum(axis=0) * xs**2).sum()) == pytest.approx(1.0, abs=0.02)  # std = sigma
+
+    rng = np.random.default_rng(0)
+    grey = np.full((64, 64, 3), 128, dtype=np.uint8)
+    noisy = degrade(grey, Degradation(noise=0.05), rng).astype(float) / 255
+    assert noisy.std() == pytest.approx(0.05, rel=0.05)
+    for _ in range(20):
+        gains = degrade(grey, Degradation(jitter=0.08), rng)[0, 0] / 128.0
+        assert np.all(np.abs(gains - 1) <= 0.08 + 1 / 128)
+    img = render_scene(load_split("test")[20], 0)
+    jpg = degrade(img, Degradation(quality=50), rng)
+    assert jpg.shape == img.shape and not np.array_equal(jpg, img)
+    assert np.abs(jpg.astype(int) - img).mean() < 8  # lossy, not destroyed

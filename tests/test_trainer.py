@@ -191,7 +191,7 @@ def test_a_new_algorithm_is_one_class_and_one_registry_line(tmp_path):
                 v = generator.predict((1 - s) * x0 + s * noise, sigma * 1000, batch.cond)
                 w = torch.exp(batch.advantages / self.options.temperature)
                 loss = masked_mean(flow_matching_loss(v, x0, noise, w), batch.mask)
-                return loss, {"loss": float(loss)}
+                return loss, {"loss": float(loss.detach())}
 
     tr = _trainer(tmp_path, ["train.iterations=2", "algorithm.name=test_weighted_fm", "sampling.kernel=ode",
                              "train.lr=1e-2"])
@@ -200,3 +200,13 @@ def test_a_new_algorithm_is_one_class_and_one_registry_line(tmp_path):
     rows = _rows(tmp_path / "run")
     assert tr.algorithm.context["rewards"] and len(rows) == 2 and rows[-1]["updates"] >= 1
     assert any(v.abs().sum() > 0 for k, v in tr.generator.trainable_state_dict().items() if "lora_B" in k)
+
+
+def test_wandb_missing_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from visalign.report.metrics import MetricsLogger
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    with pytest.raises(UserError, match="log.wandb=true needs the wandb package"):
+        MetricsLogger(tmp_path, wandb=True)

@@ -10,6 +10,9 @@ A checkpoint is a folder ``RUN_DIR/checkpoints/iter_XXXXXX/`` with
 It is written to a temporary folder and renamed into place, so a crash never leaves a half-written checkpoint
 under a final name; only the last ``keep_last`` are kept. Loading a corrupted or incompatible checkpoint raises
 ``UserError`` naming the folder and what is wrong — never a silent fresh start.
+
+``export_run`` writes a run's trained weights in diffusers' format: the LoRA adapter (``load_lora_weights``) or
+the merged pipeline (``save_pretrained``).
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from visalign.errors import UserError
+
+if TYPE_CHECKING:
+    from visalign.config import Config
+    from visalign.models.base import Generator
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
@@ -154,3 +161,51 @@ def load_checkpoint(path: str | Path, fingerprint: dict[str, Any]) -> dict[str, 
         raise UserError(f"{state_file}: corrupted checkpoint ({type(err).__name__}: {err})") from None
     state["iteration"] = int(meta["iteration"])
     return state
+
+
+def restore_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
+                      use_ema: bool = False) -> tuple[Config, Generator]:
+    """Rebuild a run's generator from ``RUN_DIR/config.yaml`` and load a checkpoint's trained weights."""
+    from visalign.config import load_train_config
+    from visalign.models.loading import load_pipeline, sampler_defaults
+    from visalign.trainer import load_prompts, make_generator, resolve_model, run_fingerprint
+
+    run_dir = Path(run_dir)
+    cfg = load_train_config(run_dir / "config.yaml")
+    name = resolve_model(cfg.model.name)
+    family, pipe = load_pipeline(name, torch_dtype=getattr(torch, cfg.model.dtype))
+    generator = make_generator(cfg, family, pipe, sampler_defaults(name))
+    path = Path(checkpoint) if checkpoint is not None else resolve_resume(run_dir, "auto")
+    if path is None:
+        raise UserError(f"{run_dir}: no checkpoint to export (checkpoints/ is empty)")
+    fingerprint = run_fingerprint(cfg, family, generator, len(load_prompts(cfg.data.train)))
+    state = load_checkpoint(path, fingerprint)
+    weights = state["model"]
+    if use_ema:
+        if state.get("ema") is None:
+            raise UserError(f"{path}: the run kept no EMA (train.ema.enabled was false)")
+        weights = state["ema"]
+    generator.load_trainable_state_dict(weights)
+    return cfg, generator
+
+
+def export_run(run_dir: str | Path, out: str | Path, merged: bool = False, checkpoint: str | Path | None = None,
+               use_ema: bool = False) -> Path:
+    """Write a run's trained weights in diffusers' format: the LoRA adapter, or the merged pipeline."""
+    from visalign.trainer import resolve_model
+
+    cfg, generator = restore_generator(run_dir, checkpoint, use_ema)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if merged:
+        generator.save_merged(out)
+        from visalign.models.loading import SAMPLER_FILE, resolve_model_path
+
+        card = resolve_model_path(resolve_model(cfg.model.name)) / SAMPLER_FILE
+        if card.is_file():
+            (out / SAMPLER_FILE).write_text(card.read_text())
+    else:
+        if cfg.finetune.mode != "lora":
+            raise UserError(f"{run_dir}: a full fine-tuning run has no LoRA to export; use --merged")
+        generator.save_lora(out)
+    return out

@@ -166,6 +166,7 @@ def run_rollout(
     sde_window: tuple[int, int] | None = None,
     store_mean: bool = False,
     store_steps: bool = True,
+    share_initial_noise: bool = False,
     batch_size: int = 0,
     decode_batch_size: int = 32,
 ) -> Rollout:
@@ -173,13 +174,18 @@ def run_rollout(
 
     ``train_window`` = (first, last+1) limits the trained steps; ``sde_window`` the steps sampled with the
     stochastic ``kernel`` (others use ``deterministic_kernel``); ``num_train_steps`` (0: all) picks a subset
-    per sample; ``store_steps=False`` stores none (algorithms that train on final samples only).
+    per sample; ``store_steps=False`` stores none (algorithms that train on final samples only);
+    ``share_initial_noise`` gives all members of a group the initial noise of its first member (DanceGRPO).
     ``batch_size`` (0: all) bounds how many samples go through the network at once.
     """
     n = len(prompts)
     steps = len(schedule)
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     x = generator.init_noise(gens)
+    dev = x.device
+    if share_initial_noise:
+        first = {int(p): i for i, p in reversed(list(enumerate(prompt_ids.tolist())))}
+        x = x[torch.tensor([first[int(p)] for p in prompt_ids.tolist()], device=dev)]
     cond = generator.encode(list(prompts), with_negative=guidance_scale > 1.0)
 
     def stochastic_at(i: int) -> bool:
@@ -196,25 +202,27 @@ def run_rollout(
     k = chosen.shape[1]
     latent = tuple(x.shape[1:])
     store = {
-        "x": torch.empty((n, k, *latent), dtype=x.dtype),
-        "x_next": torch.empty((n, k, *latent), dtype=x.dtype),
-        "log_prob": torch.zeros((n, k), dtype=torch.float32),
+        "x": torch.empty((n, k, *latent), dtype=x.dtype, device=dev),
+        "x_next": torch.empty((n, k, *latent), dtype=x.dtype, device=dev),
+        "log_prob": torch.zeros((n, k), dtype=torch.float32, device=dev),
     }
     if store_mean:
-        store["mean"] = torch.empty((n, k, *latent), dtype=torch.float32)
+        store["mean"] = torch.empty((n, k, *latent), dtype=torch.float32, device=dev)
+    sched_t, sched_c, sched_cn = (v.to(dev) for v in (schedule.t_model, schedule.c, schedule.c_next))
     chunk = batch_size if batch_size > 0 else n
     for i in range(steps):
         use = kernel if stochastic_at(i) else (deterministic_kernel or kernel)
         noise = None
         if use.stochastic and use.noise_level > 0:
-            noise = torch.stack([torch.randn(latent, generator=g) for g in gens]).to(x.dtype)
-        c = schedule.c[i].expand(n)
-        c_next = schedule.c_next[i].expand(n)
-        t = schedule.t_model[i].expand(n)
+            noise = torch.stack([torch.randn(latent, generator=g) for g in gens]).to(device=dev, dtype=x.dtype)
+        c = sched_c[i].expand(n)
+        c_next = sched_cn[i].expand(n)
+        t = sched_t[i].expand(n)
         outs = [generator.predict(x[s : s + chunk], t[s : s + chunk], cond.select(range(s, min(s + chunk, n))),
                                   guidance_scale) for s in range(0, n, chunk)]
         tr = use.step(x, torch.cat(outs), c, c_next, noise)
         rows, cols = (chosen == i).nonzero(as_tuple=True)
+        rows, cols = rows.to(dev), cols.to(dev)
         if rows.numel():
             store["x"][rows, cols] = x[rows]
             store["x_next"][rows, cols] = tr.x_next[rows]
@@ -223,7 +231,7 @@ def run_rollout(
                 store["mean"][rows, cols] = tr.mean[rows].float()
         x = tr.x_next
     images = torch.cat([generator.decode(x[s : s + decode_batch_size]) for s in range(0, n, decode_batch_size)])
-    idx = chosen
+    idx = chosen.to(dev)
     return Rollout(
         prompts=list(prompts),
         metadata=list(metadata),
@@ -238,9 +246,9 @@ def run_rollout(
         step_index=idx,
         x=store["x"],
         x_next=store["x_next"],
-        c=schedule.c[idx],
-        c_next=schedule.c_next[idx],
-        t_model=schedule.t_model[idx],
+        c=sched_c[idx],
+        c_next=sched_cn[idx],
+        t_model=sched_t[idx],
         log_prob=store["log_prob"],
         mean=store.get("mean"),
     )
@@ -262,10 +270,11 @@ def sample_deterministic(
         ps = list(prompts[s : s + batch_size])
         gens = [torch.Generator().manual_seed(int(z)) for z in seeds[s : s + batch_size]]
         x = generator.init_noise(gens)
+        t_model, c, c_next = (v.to(x.device) for v in (schedule.t_model, schedule.c, schedule.c_next))
         cond = generator.encode(ps, with_negative=guidance_scale > 1.0)
         n = len(ps)
         for i in range(len(schedule)):
-            out = generator.predict(x, schedule.t_model[i].expand(n), cond, guidance_scale)
-            x = kernel.step(x, out, schedule.c[i].expand(n), schedule.c_next[i].expand(n), None).x_next
+            out = generator.predict(x, t_model[i].expand(n), cond, guidance_scale)
+            x = kernel.step(x, out, c[i].expand(n), c_next[i].expand(n), None).x_next
         images.append(generator.decode(x))
     return torch.cat(images)

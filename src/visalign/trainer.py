@@ -149,51 +149,6 @@ def run_fingerprint(cfg: Config, family: str, generator: Generator, num_prompts:
     }
 
 
-def restore_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
-                      use_ema: bool = False) -> tuple[Config, Generator]:
-    """Rebuild a run's generator from ``RUN_DIR/config.yaml`` and load a checkpoint's trained weights."""
-    from visalign.config import load_train_config
-    from visalign.models.loading import load_pipeline, sampler_defaults
-
-    run_dir = Path(run_dir)
-    cfg = load_train_config(run_dir / "config.yaml")
-    name = resolve_model(cfg.model.name)
-    family, pipe = load_pipeline(name, torch_dtype=getattr(torch, cfg.model.dtype))
-    generator = make_generator(cfg, family, pipe, sampler_defaults(name))
-    path = Path(checkpoint) if checkpoint is not None else resolve_resume(run_dir, "auto")
-    if path is None:
-        raise UserError(f"{run_dir}: no checkpoint to export (checkpoints/ is empty)")
-    fingerprint = run_fingerprint(cfg, family, generator, len(load_prompts(cfg.data.train)))
-    state = load_checkpoint(path, fingerprint)
-    weights = state["model"]
-    if use_ema:
-        if state.get("ema") is None:
-            raise UserError(f"{path}: the run kept no EMA (train.ema.enabled was false)")
-        weights = state["ema"]
-    generator.load_trainable_state_dict(weights)
-    return cfg, generator
-
-
-def export_run(run_dir: str | Path, out: str | Path, merged: bool = False, checkpoint: str | Path | None = None,
-               use_ema: bool = False) -> Path:
-    """Write a run's trained weights in diffusers' format: the LoRA adapter, or the merged pipeline."""
-    cfg, generator = restore_generator(run_dir, checkpoint, use_ema)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if merged:
-        generator.save_merged(out)
-        from visalign.models.loading import SAMPLER_FILE, resolve_model_path
-
-        card = resolve_model_path(resolve_model(cfg.model.name)) / SAMPLER_FILE
-        if card.is_file():
-            (out / SAMPLER_FILE).write_text(card.read_text())
-    else:
-        if cfg.finetune.mode != "lora":
-            raise UserError(f"{run_dir}: a full fine-tuning run has no LoRA to export; use --merged")
-        generator.save_lora(out)
-    return out
-
-
 def _lr_lambda(cfg: Config, total_steps: int):
     warm, kind = cfg.train.warmup_iters * _opt_steps_per_iter(cfg), cfg.train.lr_schedule
 
@@ -394,10 +349,10 @@ class Trainer:
                 scores = reward(images, rollout.prompts, rollout.metadata)
             check_scores(name, scores, len(rollout))
             main = next(iter(scores))
-            out[name] = scores[main].float()
+            out[name] = scores[main].detach().float().cpu()
             for k, v in scores.items():
                 if k != main:
-                    out[f"{name}/{k}"] = v.float()
+                    out[f"{name}/{k}"] = v.detach().float().cpu()
         return out
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
@@ -434,7 +389,7 @@ class Trainer:
         n = len(rollout)
         local = torch.arange(n)
         if cfg.train.skip_zero_variance:
-            local = local[rollout.mask]
+            local = local[rollout.mask.cpu()]
         num_mb = max(1, math.ceil(n / (cfg.train.minibatch_size or n)))
         agg = _Metrics()
         first_log_ratio = 0.0
@@ -476,20 +431,21 @@ class Trainer:
         t0 = time.perf_counter()
         items, prompt_ids, seeds = self._local_samples(it)
         self.generator.denoiser.eval()
-        window = cfg.sampling.train_window
-        rollout = run_rollout(
-            self.generator, self.schedule, self.kernel,
-            [m["prompt"] for m in items], items, prompt_ids, seeds,
-            guidance_scale=cfg.sampling.guidance_scale,
-            num_train_steps=self.num_train_steps,
-            shuffle_steps=cfg.sampling.shuffle_steps,
-            train_window=tuple(window) if window else None,
-            deterministic_kernel=self.det_kernel,
-            sde_window=tuple(cfg.sampling.sde_window) if cfg.sampling.sde_window else None,
-            store_mean="means" in getattr(self.algorithm, "extra_needs", ()),
-            store_steps="likelihood" in self.algorithm.needs,
-            batch_size=cfg.sampling.batch_size,
-        )
+        window, sde_window = cfg.sampling.train_window, cfg.sampling.sde_window
+        options: dict[str, Any] = {
+            "guidance_scale": cfg.sampling.guidance_scale,
+            "num_train_steps": self.num_train_steps,
+            "shuffle_steps": cfg.sampling.shuffle_steps,
+            "train_window": tuple(window) if window else None,
+            "deterministic_kernel": self.det_kernel,
+            "sde_window": tuple(sde_window) if sde_window else None,
+            "store_mean": "means" in getattr(self.algorithm, "extra_needs", ()),
+            "store_steps": "likelihood" in self.algorithm.needs,
+            "batch_size": cfg.sampling.batch_size,
+        }
+        options.update(self.algorithm.rollout_overrides(it))
+        rollout = run_rollout(self.generator, self.schedule, self.kernel, [m["prompt"] for m in items], items,
+                              prompt_ids, seeds, **options)
         t1 = time.perf_counter()
         local_scores = self._score(rollout)
         scores = {k: self._gather(v) for k, v in local_scores.items()}
@@ -499,7 +455,8 @@ class Trainer:
                                  clip=cfg.advantage.clip, eps=cfg.advantage.eps)
         n_local = len(rollout)
         sl = slice(self.rank * n_local, (self.rank + 1) * n_local)
-        rollout.advantages, rollout.mask = adv.values[sl], adv.mask[sl]
+        dev = rollout.x.device
+        rollout.advantages, rollout.mask = adv.values[sl].to(dev), adv.mask[sl].to(dev)
         rollout.rewards = local_scores
         t2 = time.perf_counter()
         self.generator.denoiser.train()
@@ -511,6 +468,10 @@ class Trainer:
         for k, v in scores.items():
             row[f"reward/{k}/mean"] = float(v.mean())
         row["reward/mean"] = float(scores[main].mean())
+        tags = [str(m.get("tag")) for m in rollout.metadata]
+        for tag in sorted(set(tags) - {"None"}):  # per tag, this process's samples
+            sel = torch.tensor([t == tag for t in tags])
+            row[f"reward/tag/{tag}"] = float(local_scores[main][sel].mean())
         row["reward/std"] = float(scores[main].std(unbiased=False))
         row.update(adv.stats())
         row["lr"] = float(self.lr_schedule.get_last_lr()[0])
@@ -557,7 +518,7 @@ class Trainer:
         if resume_from is None and cfg.resume not in (None, "auto"):
             raise UserError(f"{cfg.resume}: no checkpoint to resume from")
         metrics_path = self.run_dir / "metrics.jsonl"
-        if resume_from is None and metrics_path.exists() and self.is_main:
+        if resume_from is None and metrics_path.exists():
             raise UserError(f"{self.run_dir}: already holds a run (metrics.jsonl); continue it with resume=auto "
                             f"or choose another run_dir")
         if resume_from is not None:

@@ -11,6 +11,7 @@ An algorithm is one file: a subclass of ``Algorithm`` registered with ``@registe
 and implements ``loss(batch, generator) -> (loss, metrics)``. The trainer owns the loop; an algorithm may override
 ``micro_batches`` (how a minibatch of samples is cut into backward passes: by default one ``StepBatch`` per stored
 step for ``likelihood`` algorithms, one ``SampleBatch`` of final samples otherwise), ``on_iteration_start``,
+``rollout_overrides`` (per-iteration rollout settings: SDE / train windows, shared initial noise),
 ``state_dict`` / ``load_state_dict`` (state that must survive a resume, e.g. an EMA of the old policy).
 ``bind`` hands it the run's context (rewards, schedule, kernels) once, before training.
 """
@@ -53,6 +54,11 @@ class Algorithm:
 
     def on_iteration_start(self, iteration: int) -> None:
         """Hook for schedules that move with the iteration (e.g. a sliding SDE window)."""
+
+    def rollout_overrides(self, iteration: int) -> dict[str, Any]:
+        """Keyword arguments of ``run_rollout`` this algorithm sets for an iteration, e.g.
+        ``{"sde_window": (l, l + w), "train_window": (l, l + w)}`` (MixGRPO) or ``{"share_initial_noise": True}``."""
+        return {}
 
     def micro_batches(self, rollout: Rollout, indices: torch.Tensor) -> Iterator[StepBatch | SampleBatch]:
         """Likelihood algorithms: one backward pass per stored (trained) step; others: the final samples."""

@@ -152,6 +152,8 @@ class Generator:
         self.finetune = spec
         if spec.mode == "lora":
             lora_utils.add_lora(self.denoiser, spec)
+            for p in self.trainable_parameters():  # adapters train in float32 even on a half-precision base
+                p.data = p.data.float()
         elif spec.mode == "full":
             self._frozen_copy = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
             self.denoiser.requires_grad_(True)

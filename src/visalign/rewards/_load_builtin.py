@@ -12,4 +12,5 @@ import visalign.rewards.ocr  # noqa: F401
 import visalign.rewards.pickscore  # noqa: F401
 import visalign.rewards.remote  # noqa: F401
 import visalign.rewards.shapes  # noqa: F401
+import visalign.rewards.shapes_rm  # noqa: F401
 import visalign.rewards.vlm_judge  # noqa: F401

@@ -83,7 +83,7 @@ def read_digits(alpha: np.ndarray) -> str:
     out = []
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
         part = alpha[:, a:b]
-        if part.max() < 0.5:
+        if part.size == 0 or part.max() < 0.5:
             out.append("?")
             continue
         k, corr = _best(fingerprint(part, DIGIT_RES), digit_templates())

@@ -19,6 +19,7 @@ from visalign.worlds.shapes.segment import Segmented
 
 MIN_CORE_64 = 10
 REL_CORE = 0.08
+MAX_COMPONENTS = 12  # a scene holds at most 5 objects; beyond 12 components an image is clutter
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,24 @@ class _Component:
     core: int
 
 
+def _largest(starts: np.ndarray, ends: np.ndarray, image_of: np.ndarray, min_size: float) -> tuple:
+    """Keep components with at least ``min_size`` pixels, at most ``MAX_COMPONENTS`` (the largest) per image.
+
+    Done on sizes alone, before any per-component work, so that clutter (a noise image has hundreds
+    of components) costs no more than a clean scene.
+    """
+    sizes = ends - starts
+    keep = sizes >= min_size
+    starts, ends, sizes = starts[keep], ends[keep], sizes[keep]
+    img = image_of[starts]
+    order = np.lexsort((-sizes, img))
+    img_sorted = img[order]
+    first = np.searchsorted(img_sorted, img_sorted, side="left")
+    rank = np.arange(order.size) - first
+    chosen = np.sort(order[rank < MAX_COMPONENTS])
+    return starts[chosen], ends[chosen]
+
+
 def _components(seg: Segmented) -> list[list[_Component]]:
     """Per image, the components with their pixels and coverage (specks removed)."""
     b, h, w = seg.labels.shape
@@ -56,12 +75,12 @@ def _components(seg: Segmented) -> list[list[_Component]]:
     idx, labs = idx[order], labs[order]
     starts = np.flatnonzero(np.concatenate([[True], labs[1:] != labs[:-1]]))
     ends = np.append(starts[1:], labs.size)
-    dist = seg.dist.ravel()
     min_core = MIN_CORE_64 * (h * w) / 4096.0
+    starts, ends = _largest(starts, ends, idx // (h * w), min_core)
+    dist = seg.dist.ravel()
     for s, e in zip(starts, ends, strict=True):
         pix = idx[s:e]
-        d = dist[pix]
-        alpha = normalise(d)
+        alpha = normalise(dist[pix])
         core = int((alpha > 0.5).sum())
         if core < min_core:
             continue
@@ -74,10 +93,16 @@ def _components(seg: Segmented) -> list[list[_Component]]:
     return out
 
 
+def _paint(ys: np.ndarray, xs: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The coverage of some pixels as a small dense map over their bounding box, and its origin (y0, x0)."""
+    y0, x0 = int(ys.min()), int(xs.min())
+    local = np.zeros((int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1), dtype=np.float32)
+    local[ys - y0, xs - x0] = alpha
+    return local, y0, x0
+
+
 def _detection(comp: _Component, image: np.ndarray) -> Detection:
-    y0, x0 = int(comp.ys.min()), int(comp.xs.min())
-    local = np.zeros((int(comp.ys.max()) - y0 + 1, int(comp.xs.max()) - x0 + 1), dtype=np.float32)
-    local[comp.ys - y0, comp.xs - x0] = comp.alpha
+    local, y0, x0 = _paint(comp.ys, comp.xs, comp.alpha)
     shape, match = shape_of(local)
     bx0, by0, bx1, by1 = outline_box(local)
     solid = comp.alpha >= 0.8
@@ -89,14 +114,10 @@ def _detection(comp: _Component, image: np.ndarray) -> Detection:
 
 
 def _text(comps: list[_Component]) -> str:
+    """The digits shown by all the components of an image taken together."""
     if not comps:
         return ""
-    ys = np.concatenate([c.ys for c in comps])
-    xs = np.concatenate([c.xs for c in comps])
-    alpha = np.concatenate([c.alpha for c in comps])
-    y0, x0 = int(ys.min()), int(xs.min())
-    local = np.zeros((int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1), dtype=np.float32)
-    local[ys - y0, xs - x0] = alpha
+    local, _, _ = _paint(*(np.concatenate([getattr(c, k) for c in comps]) for k in ("ys", "xs", "alpha")))
     return read_digits(local)
 
 

@@ -15,6 +15,7 @@ from visalign.report.grid import make_grid
 from visalign.worlds.shapes.render import render_scene
 
 CONTACT_SHEET = "contact_sheet.png"
+SHEET_PER_TAG = 10  # the sheet shows the first image of the first 10 prompts of each tag
 
 
 def image_seed(seed: int, index: int, j: int) -> int:
@@ -29,15 +30,21 @@ def render_folder(
     seed: int = 0,
     progress: bool = False,
 ) -> Path:
-    """Render ``metadatas`` into ``out_dir`` (GenEval layout); returns the contact sheet's path."""
+    """Render ``metadatas`` into ``out_dir`` (GenEval layout); returns the contact sheet's path.
+
+    The sheet stays a readable size for any split: at most ``SHEET_PER_TAG`` prompts per tag.
+    """
     out_dir = Path(out_dir)
     firsts, labels = [], []
+    per_tag: dict[str, int] = {}
     items = list(enumerate(metadatas))
     for index, md in track(items, description="rendering", disable=not progress, transient=True):
         images = [render_scene(md, image_seed(seed, index, j), size) for j in range(images_per_prompt)]
         write_prompt_folder(out_dir, index, md, images)
-        firsts.append(images[0])
-        labels.append(md["prompt"])
+        per_tag[md["tag"]] = per_tag.get(md["tag"], 0) + 1
+        if per_tag[md["tag"]] <= SHEET_PER_TAG:
+            firsts.append(images[0])
+            labels.append(md["prompt"])
     sheet = make_grid(firsts, labels, ncols=10, scale=max(1, 128 // size), caption_lines=3)
     path = out_dir / CONTACT_SHEET
     sheet.save(path)

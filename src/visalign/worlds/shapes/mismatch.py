@@ -1,7 +1,7 @@
 """Mismatched image / prompt pairs: what a wrong generation looks like, for measuring false accepts.
 
 ``corrupt(md, rng)`` returns ``(kind, scene_md)``: metadata for a scene that differs from ``md`` in one
-way that GenEval's rules must reject (a wrong colour, a wrong count, a swapped relation, a missing
+way that GenEval's rules must reject (a wrong colour, one of the three nearest to the requested one; a wrong count, a swapped relation, a missing
 object, a wrong shape, swapped colours, a wrong digit). Rendering ``scene_md`` and verifying the image
 against ``md`` must fail.
 """
@@ -23,6 +23,14 @@ KINDS: dict[str, tuple[str, ...]] = {
     "color_attr": ("wrong colour", "swapped colours", "missing object"),
     "text": ("wrong digit", "missing digit", "extra digit"),
 }
+
+
+def _nearest_colours(name: str) -> list[str]:
+    """Other palette colours, nearest first (CIELAB)."""
+    from visalign.worlds.shapes.classify import srgb_to_lab
+
+    lab = {c: srgb_to_lab(np.array(rgb) / 255.0) for c, rgb in COLORS.items()}
+    return sorted((c for c in COLORS if c != name), key=lambda c: float(np.linalg.norm(lab[c] - lab[name])))
 
 
 def _other(options: list[str], avoid: set[str], rng: np.random.Generator) -> str:
@@ -50,9 +58,10 @@ def corrupt(md: dict, rng: np.random.Generator) -> tuple[str, dict]:
         options = [c for c in (n - 1, n + 1) if 1 <= c <= MAX_OBJECTS]
         inc[0]["count"] = options[int(rng.integers(len(options)))]
         out.pop("exclude", None)
-    elif kind == "wrong colour":
+    elif kind == "wrong colour":  # one of the three colours nearest to the requested one: the hard cases
         k = int(rng.integers(len(inc)))
-        inc[k]["color"] = _other(list(COLORS), {inc[k]["color"]}, rng)
+        near = _nearest_colours(inc[k]["color"])[:3]
+        inc[k]["color"] = near[int(rng.integers(len(near)))]
     elif kind == "swapped colours":
         inc[0]["color"], inc[1]["color"] = inc[1]["color"], inc[0]["color"]
     elif kind == "swapped relation":

@@ -7,7 +7,7 @@ test score measures generalisation to unseen compositions, not recall of trainin
 * two_object: 2 unordered shape pairs;       * counting: 3 (count, shape) pairs, one per count;
 * colors and color_attr: 5 (colour, shape) pairs, one per shape, never shown together in train;
 * position: 6 (shape, relation, shape) triples (and their mirror wordings); * text: 10 numbers.
-* single_object has only 5 combinations; its test prompts use phrasings that train does not.
+* single_object has only 5 combinations; for each shape, test and train use different phrasings.
 
 Every test prompt string is absent from train. ``generate_splits(seed)`` is deterministic; the shipped
 files under ``data/`` are ``generate_splits(0)`` and ``visalign world prompts`` rewrites them.
@@ -25,6 +25,8 @@ from visalign.errors import UserError
 from visalign.worlds.shapes import phrasings as ph
 from visalign.worlds.shapes.metadata import validate_metadata
 from visalign.worlds.shapes.vocab import COLORS, COUNT_RANGE, OPPOSITE, RELATIONS, SHAPES, TAGS
+
+__all__ = ["generate_splits", "held_out", "load_prompt_file", "load_split", "validate_metadata", "write_splits"]
 
 DATA_DIR = Path(__file__).parent / "data"
 SPLITS = ("train", "test")

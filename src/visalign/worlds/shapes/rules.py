@@ -95,6 +95,8 @@ def judge_objects(dets: list[Detection], md: dict) -> tuple[bool, float, str]:
             correct = False
             reasons.append(f"expected {cls}<{limit}, found {have}")
     soft = 1.0 if correct else min(sum(credits) / max(len(credits), 1), 1.0 - 1e-6)
-    seen_all = ", ".join(d.describe() for d in dets) or "nothing"
+    seen_all = ", ".join(d.describe() for d in dets[:8]) or "nothing"
+    if len(dets) > 8:
+        seen_all += f" and {len(dets) - 8} more"
     reason = f"found {seen_all}" if correct else "; ".join(reasons) + f" (found {seen_all})"
     return correct, soft, reason

@@ -9,7 +9,7 @@ random sizes and positions, no two objects closer than a gap that survives blur,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -66,10 +66,11 @@ class TextItem:
 
 @dataclass(frozen=True)
 class Scene:
+    """What to draw on a ``size`` x ``size`` canvas: objects, or one number."""
+
     size: int
     objects: tuple[SceneObject, ...] = ()
     text: TextItem | None = None
-    meta: dict = field(default_factory=dict, compare=False)
 
 
 def _boxes_apart(a: tuple[float, ...], b: tuple[float, ...], gap: float) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from visalign.worlds.shapes.detect import analyse
-from visalign.worlds.shapes.imageio import as_image_list
+from visalign.worlds.shapes.inputs import as_image_list
 from visalign.worlds.shapes.metadata import validate_metadata
 from visalign.worlds.shapes.rules import judge_objects, judge_text
 from visalign.worlds.shapes.segment import segment
