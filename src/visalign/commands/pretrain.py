@@ -1,6 +1,8 @@
 """``visalign pretrain --config configs/pretrain/flow.yaml [key=value ...]``: pretrain a tiny base model.
 
 Rerunning the same command with the same ``run_dir`` resumes from the last checkpoint.
+``--from-export N`` (with ``train.steps=N``) finishes a run with the pipeline exported at step N of a longer
+run, which is what an N-step run ends with (constant learning rate after the warm-up).
 """
 
 from __future__ import annotations
@@ -14,13 +16,23 @@ HELP = "pretrain a tiny base model on ShapesWorld"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML file, e.g. configs/pretrain/flow.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.steps=100 run_dir=runs/x")
+    parser.add_argument(
+        "--from-export",
+        type=int,
+        metavar="STEP",
+        default=None,
+        help="finish with run_dir/exports/step-STEP of a longer run (identical to a train.steps=STEP run)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from visalign.config_io import load_config
     from visalign.pretrain.config import PretrainConfig
-    from visalign.pretrain.loop import run_pretrain
+    from visalign.pretrain.loop import finalize_export, run_pretrain
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
-    run_pretrain(cfg)
+    if args.from_export is not None:
+        finalize_export(cfg, args.from_export)
+    else:
+        run_pretrain(cfg)
     return 0

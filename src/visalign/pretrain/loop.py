@@ -100,8 +100,16 @@ def train_vae(cfg: PretrainConfig, run_dir: Path, data: ShapesData, console: Con
         src = Path(cfg.vae.init_from)
         src = src / "vae" if (src / "vae" / "config.json").is_file() else src
         vae = AutoencoderKL.from_pretrained(src)
+        vae.eval()
+        report = _vae_stats_and_report(cfg, vae, data)  # this family's scaling / shift factors
+        previous = src / "vae_report.json"
+        if previous.is_file():
+            old = json.loads(previous.read_text())
+            report.update({k: old[k] for k in ("steps", "wall_s") if k in old})
+        report.update({"params": count_parameters(vae), "init_from": str(src)})
         save_module_folder(vae, out)
-        console.print(f"stage 1 (vae): copied from {src}")
+        (out / "vae_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"stage 1 (vae): copied from {src}; {json.dumps(report)}")
         return vae
 
     v = cfg.vae
@@ -237,17 +245,26 @@ def _score(images: list[np.ndarray], metadata: list[dict]) -> dict[str, Any] | N
 
 
 class EMA:
-    """Exponential moving average of a list of parameters (shadow copies in float32)."""
+    """Exponential moving average of a list of parameters, with the usual warm-up of the decay.
+
+    After ``n`` updates the decay is ``min(decay, (1 + n) / (10 + n))``, so early averages are not dominated by
+    the random initialisation (a plain 0.999 average still holds 13% of the init after 2,000 steps).
+    """
 
     def __init__(self, params: list[torch.nn.Parameter], decay: float):
         self.params = params
         self.decay = decay
         self.shadow = [p.detach().clone() for p in params]
 
+    def decay_at(self, updates: int) -> float:
+        return min(self.decay, (1.0 + updates) / (10.0 + updates))
+
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, updates: int) -> None:
+        """Fold in the current parameters; ``updates`` is the number of updates before this one."""
+        weight = 1.0 - self.decay_at(updates)
         for s, p in zip(self.shadow, self.params, strict=True):
-            s.lerp_(p.detach(), 1.0 - self.decay)
+            s.lerp_(p.detach(), weight)
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
@@ -400,6 +417,11 @@ def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: An
         if ema is not None:
             for s, saved in zip(ema.shadow, state["ema"], strict=True):
                 s.copy_(saved)
+        if state["step"] > t.steps:
+            raise UserError(
+                f"{ckpt_path}: checkpoint is at step {state['step']}, beyond train.steps={t.steps}; "
+                f"use a new run_dir (or the export at that step under {run_dir / 'exports'})"
+            )
         if state.get("vae_fingerprint") != _fingerprint(pipe.vae):
             raise UserError(
                 f"{ckpt_path}: was trained on a different VAE than {run_dir / 'vae'}; use a new run_dir"
@@ -447,7 +469,7 @@ def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: An
             grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             opt.step()
             if ema is not None:
-                ema.update()
+                ema.update(step)
             done = step + 1
             progress.update(task, completed=done, info=f"loss {loss.item():.4f}")
             if done % cfg.log.every == 0 or done == t.steps:
@@ -522,6 +544,50 @@ def export_model(
     return save_pipeline(pipe, out, sampler=sampler_settings(cfg), extra=extra, half=cfg.export.half)
 
 
+def finalize(cfg: PretrainConfig, run_dir: Path, out: Path, pipe: Any, console: Console) -> None:
+    """The card's evaluation (test split, seed 0), contact sheet and README.md; then the copy to export.path."""
+    name = Path(cfg.export.path).name if cfg.export.path else f"shapes-{cfg.family}"
+    if cfg.log.final_images_per_prompt > 0 and _have_verifier():
+        evaluation = final_evaluation(pipe, cfg, cfg.log.final_images_per_prompt, seed=0)
+        contact_sheet(evaluation, out / CONTACT_SHEET)
+        write_card(out, run_dir, cfg, evaluation, name)
+        res = evaluation["results"]
+        console.print(f"final test-split strict {res['overall']:.3f} soft {res['soft']:.3f} {res['per_tag']}")
+    if cfg.export.path:
+        dest = Path(cfg.export.path)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(out, dest)
+        console.print(f"copied the model to {dest}")
+
+
+def finalize_export(cfg: PretrainConfig, step: int, console: Console | None = None) -> Path:
+    """Make ``run_dir/exports/step-N`` the run's final model (what a ``train.steps=N`` run ends with).
+
+    Learning rates are constant after the warm-up and batches depend only on (seed, step), so the pipeline
+    exported at step N of a longer run is the pipeline an N-step run exports.
+    """
+    from visalign.models.loading import load_pipeline
+
+    console = console or Console()
+    torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.run_dir)
+    src = run_dir / "exports" / f"step-{step:06d}"
+    if not src.is_dir():
+        raise UserError(f"{src}: no export at step {step} (exports are written every log.eval_every steps)")
+    if cfg.train.steps != step:
+        raise UserError(
+            f"train.steps={cfg.train.steps} but the export is step {step}; pass train.steps={step}"
+        )
+    out = run_dir / "model"
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(src, out)
+    _, pipe = load_pipeline(out)
+    finalize(cfg, run_dir, out, pipe, console)
+    return out
+
+
 def run_pretrain(cfg: PretrainConfig, console: Console | None = None) -> Path:
     """Both stages, resumable; returns the final model folder (``run_dir/model``)."""
     console = console or Console()
@@ -537,18 +603,6 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None) -> Path:
         name: count_parameters(m) for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)
     }
     out = export_model(pipe, cfg, run_dir / "model", cfg.train.steps, pipe._visalign_wall, n_params)
-    name = Path(cfg.export.path).name if cfg.export.path else f"shapes-{cfg.family}"
-    if cfg.log.final_images_per_prompt > 0 and _have_verifier():
-        evaluation = final_evaluation(pipe, cfg, cfg.log.final_images_per_prompt, seed=0)
-        contact_sheet(evaluation, out / CONTACT_SHEET)
-        write_card(out, run_dir, cfg, evaluation, name)
-        res = evaluation["results"]
-        console.print(f"final test-split strict {res['overall']:.3f} soft {res['soft']:.3f} {res['per_tag']}")
-    if cfg.export.path:
-        dest = Path(cfg.export.path)
-        if dest.exists():
-            shutil.rmtree(dest)
-        shutil.copytree(out, dest)
-        console.print(f"copied the model to {dest}")
+    finalize(cfg, run_dir, out, pipe, console)
     console.print(f"pretrain done in {time.perf_counter() - t0:.0f}s (this invocation): {out}")
     return out

@@ -448,11 +448,15 @@ def run_command(args: Any) -> int:
                TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, console=console, transient=True) as progress:
         gen_train_imgs, gen_train_md = read_generated(args.generated or [])
-        gen_eval_imgs, gen_eval_md = read_generated(args.eval_generated or [])
-        if len(gen_train_md) and not len(gen_eval_md) and args.holdout > 0:
-            (gen_train_imgs, gen_train_md), (gen_eval_imgs, gen_eval_md) = _split_generated(
+        # held-out generated images, in named groups (one per folder / source), reported together and apart
+        groups: list[tuple[str, np.ndarray, list[dict]]] = []
+        for folder in args.eval_generated or []:
+            groups.append((Path(folder).name, *read_generated([folder])))
+        if len(gen_train_md) and not groups and args.holdout > 0:
+            (gen_train_imgs, gen_train_md), held = _split_generated(
                 gen_train_imgs, gen_train_md, args.holdout, args.seed
             )
+            groups.append(("held-out prompts of --generated", *held))
         if args.model:
             if args.model_images > 0:
                 im, md = sample_generated(
@@ -464,8 +468,12 @@ def run_command(args: Any) -> int:
                 im, md = sample_generated(
                     args.model, test_prompts, args.model_eval_images, args.seed + 1, progress=progress
                 )
-                gen_eval_imgs = np.concatenate([gen_eval_imgs, im]) if len(gen_eval_md) else im
-                gen_eval_md = gen_eval_md + md
+                groups.append((f"{Path(str(args.model)).name} samples, test prompts", im, md))
+        groups = [g for g in groups if len(g[2])]
+        gen_eval_md = [m for g in groups for m in g[2]]
+        gen_eval_imgs = (
+            np.concatenate([g[1] for g in groups]) if groups else np.zeros((0, 64, 64, 3), np.uint8)
+        )
         all_prompts = train_prompts + test_prompts
         train_set = PairSet.concat(
             [
@@ -474,13 +482,20 @@ def run_command(args: Any) -> int:
             ]
         )
         eval_synth = synthetic_pairs(test_prompts, args.eval_synthetic, args.seed + 1_000, progress=progress)
-        eval_sets = {
-            "generated (held out)": label(gen_eval_imgs, gen_eval_md, ["generated"] * len(gen_eval_md)),
-            "generated, other prompt (held out)": generated_pairs(
-                gen_eval_imgs, gen_eval_md, all_prompts, args.seed
-            ).subset(range(len(gen_eval_md), 2 * len(gen_eval_md))),
-            "rendered / mismatched (test prompts)": eval_synth,
+        eval_sets: dict[str, PairSet] = {
+            "generated, own prompt": label(gen_eval_imgs, gen_eval_md, ["generated"] * len(gen_eval_md))
         }
+        if len(groups) > 1:
+            start = 0
+            for name, _, md in groups:
+                eval_sets[f"  {name}"] = eval_sets["generated, own prompt"].subset(
+                    range(start, start + len(md))
+                )
+                start += len(md)
+        eval_sets["generated, another prompt of the tag"] = generated_pairs(
+            gen_eval_imgs, gen_eval_md, all_prompts, args.seed
+        ).subset(range(len(gen_eval_md), 2 * len(gen_eval_md)))
+        eval_sets["synthetic, test prompts"] = eval_synth
         for src in ("rendered", "mismatched", "shuffled", "extra"):
             eval_sets[f"  {src}"] = eval_synth.subset(
                 [i for i, s in enumerate(eval_synth.source) if s == src]
@@ -521,6 +536,7 @@ def run_command(args: Any) -> int:
         "heldout": {
             "generated_images": len(gen_eval_md),
             "generated_prompts": len({m["prompt"] for m in gen_eval_md}),
+            "generated_groups": {name: len(md) for name, _, md in groups},
             "synthetic_pairs": len(eval_synth),
             "synthetic_by_source": eval_synth.counts(),
         },
