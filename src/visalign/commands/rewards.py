@@ -59,7 +59,7 @@ def _run_list(args: argparse.Namespace) -> int:
 def _add_train_shapes_rm(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``train-shapes-rm`` (the data and loop live in ``visalign.rewards.shapes_rm_train``)."""
     parser.add_argument("--out", required=True, help="folder to write (model.safetensors, config.json, README.md)")
-    parser.add_argument("--synthetic", type=int, default=40000, help="rendered / mismatched / degraded pairs")
+    parser.add_argument("--synthetic", type=int, default=80000, help="rendered / mismatched / degraded pairs")
     parser.add_argument("--generated", action="append", metavar="DIR",
                         help="GenEval-layout folder of generated samples to train on (repeatable)")  # fmt: skip
     parser.add_argument("--eval-generated", action="append", metavar="DIR",
@@ -71,7 +71,7 @@ def _add_train_shapes_rm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-eval-images", type=int, default=4,
                         help="--model: held-out images per test-split prompt")  # fmt: skip
     parser.add_argument("--eval-synthetic", type=int, default=3000, help="held-out pairs over test-split prompts")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--generated-weight", type=float, default=3.0,
@@ -80,6 +80,7 @@ def _add_train_shapes_rm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-card", action="store_true", help="do not write README.md")
+    parser.add_argument("--card-note", default="", help="a paragraph to add to the model card (e.g. data provenance)")
 
 
 def _run_train_shapes_rm(args: argparse.Namespace) -> int:

@@ -327,7 +327,7 @@ def evaluate(model: ShapesRM, sets: dict[str, PairSet]) -> dict[str, dict[str, f
 # -- training -----------------------------------------------------------------------------------------------
 @dataclass
 class TrainSettings:
-    steps: int = 3000
+    steps: int = 8000
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -442,6 +442,7 @@ def run_command(args: Any) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
     init = load_rm(args.init) if args.init else None
+    init_summary = _init_summary(args.init) if args.init else None
     train_prompts, test_prompts = load_split("train"), load_split("test")
     t_start = time.perf_counter()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -526,7 +527,8 @@ def run_command(args: Any) -> int:
             "lr": args.lr,
             "seed": args.seed,
             "init": str(args.init) if args.init else None,
-            "generated_sources": [str(p) for p in (args.generated or [])]
+            "init_training": init_summary,
+            "generated_sources": [Path(p).name for p in (args.generated or [])]
             + ([str(args.model)] if args.model else []),
             "data_seconds": round(data_s, 1),
             "train_seconds": round(train_s, 1),
@@ -541,6 +543,7 @@ def run_command(args: Any) -> int:
             "synthetic_by_source": eval_synth.counts(),
         },
         "agreement": metrics,
+        "note": args.card_note or "",
     }
     save_rm(model, out, extra={"parameters": model.num_parameters()})
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -551,6 +554,17 @@ def run_command(args: Any) -> int:
         f"wrote {out} ({model.num_parameters():,} parameters; data {data_s:.0f} s, training {train_s:.0f} s)"
     )
     return 0
+
+
+def _init_summary(folder: str | Path) -> dict[str, Any] | None:
+    """The training facts of the model a run starts from (its ``metrics.json``, without the loss curve)."""
+    path = Path(folder) / "metrics.json"
+    try:
+        facts = dict(json.loads(path.read_text(encoding="utf-8"))["training"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    facts.pop("history", None)
+    return facts
 
 
 def _print_metrics(console: Any, metrics: dict[str, dict[str, float]]) -> None:
@@ -578,6 +592,21 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
             f"{m['strict_accuracy']:.3f} | {m['verifier_strict_rate']:.3f} |"
         )
     return "\n".join(lines)
+
+
+def _init_line(t: dict[str, Any]) -> str:
+    """The card's line about the model a run was initialised from (recursively, for a chain of runs)."""
+    if not t.get("init"):
+        return ""
+    prev = t.get("init_training")
+    if not prev:
+        return f"- initialised from the model in `{Path(t['init']).name}` (its training facts are not recorded)\n"
+    text = (
+        f"- initialised from a model trained the same way on {prev['pairs']:,} pairs {prev['by_source']} "
+        f"for {prev['steps']} steps of batch {prev['batch_size']} (data {prev['data_seconds']:.0f} s, "
+        f"training {prev['train_seconds']:.0f} s)\n"
+    )
+    return text + _init_line(prev).replace("- initialised", "  - which was itself initialised")
 
 
 def model_card(model: ShapesRM, summary: dict[str, Any]) -> str:
@@ -623,8 +652,7 @@ limits, 20% harder).
 - pairs: {t["pairs"]:,}, by source: {t["by_source"]}
 - generated: {gen}
 - optimisation: {t["steps"]} steps of batch {t["batch_size"]}, AdamW, lr {t["lr"]} (cosine), seed {t["seed"]}
-  {"(initialised from " + t["init"] + ")" if t.get("init") else ""}
-- time: data {t["data_seconds"]:.0f} s, training {t["train_seconds"]:.0f} s on {t["threads"]} CPU threads
+{_init_line(t)}- time: data {t["data_seconds"]:.0f} s, training {t["train_seconds"]:.0f} s on {t["threads"]} CPU threads
 
 ## Agreement with the verifier on held-out data
 
@@ -638,6 +666,8 @@ the soft score; strict accuracy: the strict head thresholded at 0.5 against the 
 with the verifier strict rate: always answering the majority verdict scores max(rate, 1 - rate)).
 
 {metrics_table(summary["agreement"])}
+
+{summary.get("note", "")}
 
 Retrain: `visalign rewards train-shapes-rm --out DIR` (see `docs/shapes_rm.md`); `metrics.json` holds these
 figures and the training loss curve.
