@@ -77,6 +77,7 @@ class FlowSpec:
     head_dim: int = 8
     shift: float = 1.0
     max_sequence_length: int = 0
+    init: str = "default"  # "dit": DiT's init (xavier linears, zero adaLN modulation and output) for pretraining
 
 
 @dataclass
@@ -140,6 +141,33 @@ def _words(spec: TextSpec) -> list[str]:
     return list(spec.words) if spec.words is not None else vocabulary()
 
 
+@torch.no_grad()
+def dit_init(transformer: SD3Transformer2DModel) -> None:
+    """DiT's initialisation: xavier-uniform linears, zero adaLN modulations and a zero output projection.
+
+    Every block then starts as the identity and the model predicts 0, which speeds up training from scratch
+    (diffusers' constructors keep PyTorch defaults, expecting pretrained weights). Not the builders' default:
+    a zero output has no gradient to LoRA adapters, which unit tests of fine-tuning need.
+    """
+    for module in transformer.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    proj = transformer.pos_embed.proj
+    torch.nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+    torch.nn.init.zeros_(proj.bias)
+    for module in transformer.time_text_embed.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.02)
+    for name, module in transformer.named_modules():
+        if name.endswith(("norm1.linear", "norm1_context.linear", "norm_out.linear")):
+            torch.nn.init.zeros_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+    torch.nn.init.zeros_(transformer.proj_out.weight)
+    torch.nn.init.zeros_(transformer.proj_out.bias)
+
+
 def build_flow_pipeline(spec: FlowSpec | None = None, seed: int = 0) -> StableDiffusion3Pipeline:
     """A random-init ``StableDiffusion3Pipeline`` (no T5) sized by ``spec``; same seed, same weights."""
     spec = spec or FlowSpec()
@@ -164,6 +192,10 @@ def build_flow_pipeline(spec: FlowSpec | None = None, seed: int = 0) -> StableDi
         pooled_projection_dim=2 * spec.text.projection_dim,
         pos_embed_max_size=spec.vae.latent_size // spec.patch_size,
     )
+    if spec.init == "dit":
+        dit_init(transformer)
+    elif spec.init != "default":
+        raise ValueError(f"unknown init {spec.init!r} (default, dit)")
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=spec.shift)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,

@@ -49,6 +49,7 @@ class FlowModelConfig(StrictModel):
     num_heads: int = 3
     head_dim: int = 32
     shift: float = 1.0
+    init: Literal["default", "dit"] = "dit"
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
 
 
@@ -156,6 +157,7 @@ def model_spec(cfg: PretrainConfig) -> FlowSpec | DiffusionSpec:
             num_heads=f.num_heads,
             head_dim=f.head_dim,
             shift=f.shift,
+            init=f.init,
         )
     d = cfg.diffusion
     return DiffusionSpec(

@@ -429,6 +429,7 @@ def run_command(args: Any) -> int:
     )
 
     from visalign.worlds.shapes.prompts import load_split
+    from visalign.worlds.shapes.vocab import TAGS
 
     console = Console(stderr=True)
     if args.threads:
@@ -493,6 +494,11 @@ def run_command(args: Any) -> int:
                     range(start, start + len(md))
                 )
                 start += len(md)
+        own = eval_sets["generated, own prompt"]
+        for tag in TAGS:
+            idx = [i for i, m in enumerate(own.metadata) if m.get("tag") == tag]
+            if idx and len(own):
+                eval_sets[f"  tag {tag}"] = own.subset(idx)
         eval_sets["generated, another prompt of the tag"] = generated_pairs(
             gen_eval_imgs, gen_eval_md, all_prompts, args.seed
         ).subset(range(len(gen_eval_md), 2 * len(gen_eval_md)))
@@ -630,8 +636,8 @@ images that this network scores highly and the verifier does not.
 
 Use: `build_reward("shapes_rm")` (this folder) or `build_reward("shapes_rm", path=FOLDER)`. Main score
 `shapes_rm` = sigmoid(soft logit) in [0, 1]; component `shapes_rm_strict` = predicted probability that the
-strict verdict is correct. Prompts must be ShapesWorld prompts: a word outside the {len(c.vocab) - 2}-word
-vocabulary is an error.
+strict verdict is correct. Prompts must be ShapesWorld prompts: a word outside the {len(c.vocab) - 2}-token
+vocabulary (words and digits) is an error.
 
 ## Architecture
 
@@ -652,14 +658,15 @@ limits, 20% harder).
 - pairs: {t["pairs"]:,}, by source: {t["by_source"]}
 - generated: {gen}
 - optimisation: {t["steps"]} steps of batch {t["batch_size"]}, AdamW, lr {t["lr"]} (cosine), seed {t["seed"]}
-{_init_line(t)}- time: data {t["data_seconds"]:.0f} s, training {t["train_seconds"]:.0f} s on {t["threads"]} CPU threads
+{_init_line(t)}- time: data {t["data_seconds"]:.0f} s, training {t["train_seconds"]:.0f} s on {t["threads"]} CPU thread(s)
 
 ## Agreement with the verifier on held-out data
 
 Held-out generated images: {h["generated_images"]} images of {h["generated_prompts"]} prompts never used in
-training. Held-out synthetic pairs: {h["synthetic_pairs"]} pairs over the `test` split's prompts (prompt
+training ({h.get("generated_groups") or "none"}). "generated, own prompt" scores each against the prompt it
+was sampled for (also broken down by tag), "generated, another prompt of the tag" against another prompt of
+the same tag. Held-out synthetic pairs: {h["synthetic_pairs"]} pairs over the `test` split's prompts (prompt
 strings and some compositions that never occur in training), by source {h["synthetic_by_source"]}.
-"generated, other prompt" pairs each held-out generated image with another prompt of the same tag.
 
 Pearson / Spearman: correlation of the predicted and the verifier's soft scores; MAE: mean absolute error of
 the soft score; strict accuracy: the strict head thresholded at 0.5 against the verifier's verdict (compare
