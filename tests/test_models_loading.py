@@ -95,3 +95,25 @@ def test_unknown_alias_and_class(saved, tmp_path):
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(UserError, match="KandinskyPipeline"):
         load_pipeline(folder)
+
+
+@pytest.mark.parametrize(("alias", "family"), [("shapes-flow", "flow"), ("shapes-diffusion", "diffusion")])
+def test_shipped_models_load_in_fp32(alias, family):
+    from visalign.models.loading import ASSETS_DIR
+
+    if not (ASSETS_DIR / alias / "model_index.json").is_file():
+        pytest.skip(f"{alias} is not shipped in this checkout")
+    got_family, pipe = load_pipeline(alias)
+    assert got_family == family
+    assert all(p.dtype == torch.float32 for p in pipe.vae.parameters())
+    defaults = sampler_defaults(alias)
+    assert defaults["num_inference_steps"] > 0 and "guidance_scale" in defaults
+    assert (ASSETS_DIR / alias / "README.md").is_file()
+
+
+def test_shipped_models_fit_the_size_budget():
+    from visalign.models.loading import ASSETS_DIR
+
+    folders = [ASSETS_DIR / "shapes-flow", ASSETS_DIR / "shapes-diffusion"]
+    total = sum(f.stat().st_size for d in folders for f in d.rglob("*") if f.is_file())
+    assert total <= 25 * 1024 * 1024

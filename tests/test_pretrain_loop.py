@@ -84,6 +84,8 @@ def test_resume_matches_uninterrupted_run(tmp_path, family):
     assert (run / "samples" / "step-000004.png").is_file()
     assert (run / "vae" / "vae_report.json").is_file()
     assert sampler_defaults(full)["num_inference_steps"] == 2
+    with pytest.raises(UserError, match="beyond train.steps=2"):  # a shorter run must not reuse a longer one
+        run_pretrain(_config(tmp_path, family, 3, 2, "full"), quiet)
     info = json.loads((full / "visalign.json").read_text())
     assert info["family"] == family and info["training"]["denoiser_steps"] == 4
 

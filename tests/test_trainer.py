@@ -210,3 +210,10 @@ def test_wandb_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     with pytest.raises(UserError, match="log.wandb=true needs the wandb package"):
         MetricsLogger(tmp_path, wandb=True)
+
+
+def test_time_budget_stops_early_then_evaluates(tmp_path):
+    tr = _trainer(tmp_path, ["train.iterations=50", "train.time_budget_min=0.0001"])
+    summary = tr.run()
+    assert summary["stopped_by_time_budget"] and summary["iterations_done"] == 1 and summary["finished"]
+    assert (tmp_path / "run" / "checkpoints" / "iter_000001").is_dir()

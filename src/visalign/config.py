@@ -89,6 +89,7 @@ class TrainConfig(StrictModel):
     skip_zero_variance: bool = True  # do not spend compute on samples of zero-variance groups
     ema: EMAConfig = EMAConfig()
     threads: int = Field(0, ge=0)  # torch threads (0: leave as is)
+    time_budget_min: float | None = Field(None, gt=0)  # stop early (then evaluate) so that the run fits this wall time
 
 
 class EvalConfig(StrictModel):

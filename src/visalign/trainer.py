@@ -267,6 +267,8 @@ class Trainer:
         self.start_iteration = 0
         self.timings: dict[str, float] = defaultdict(float)
         self.last_eval: dict[str, Any] | None = None
+        self._last_eval_seconds: float | None = None
+        self._eval_seconds_run = 0.0
 
     # ---- construction helpers ------------------------------------------------------------------------------
     def _load_model(self, pipeline: tuple[str, Any] | None) -> tuple[str, Any, dict[str, Any]]:
@@ -507,7 +509,9 @@ class Trainer:
                     sample, items, self.run_dir / "evals" / f"iter_{it:04d}", ecfg.images_per_prompt, ecfg.seed,
                     rewards=self.rewards, grid_per_tag=self.cfg.log.grid_per_tag)
         self.accelerator.wait_for_everyone()
-        self.timings["eval"] += time.perf_counter() - t0
+        self._last_eval_seconds = time.perf_counter() - t0
+        self._eval_seconds_run += self._last_eval_seconds
+        self.timings["eval"] += self._last_eval_seconds
         return result
 
     # ---- the loop -------------------------------------------------------------------------------------------
@@ -544,11 +548,16 @@ class Trainer:
         progress = TrainProgress(end, self.start_iteration, enabled=cfg.log.progress and self.is_main,
                                  console=self.console)
         it = self.start_iteration
+        out_of_time = False
         with progress:
             if last_eval is not None:
                 progress.update(it, eval_score=last_eval.get("overall"))
             for it in range(self.start_iteration + 1, stop + 1):
                 row = self.iteration(it)
+                if not out_of_time and self._out_of_time(wall0, it):
+                    out_of_time = True
+                    end = stop = it
+                    row["stopped_by_time_budget"] = True
                 if cfg.eval.every and it % cfg.eval.every == 0 or it == end:
                     ev = self.evaluate(it)
                     if ev is not None:
@@ -560,9 +569,13 @@ class Trainer:
                     self.save(it)
                 progress.update(it, reward=row["reward/mean"],
                                 eval_score=last_eval.get("overall") if last_eval else None)
+                if out_of_time:
+                    progress.print(f"time budget of {cfg.train.time_budget_min} min reached after iteration {it}")
+                    break
         logger.close()
         self.timings["wall"] += time.perf_counter() - wall0
-        summary = {"iterations_done": it, "iterations": end, "finished": it == end,
+        summary = {"iterations_done": it, "iterations": cfg.train.iterations, "finished": it == end,
+                   "stopped_by_time_budget": out_of_time,
                    "base": _headline(base_eval), "final": _headline(last_eval) if it == end else None,
                    "timings_s": dict(self.timings), "run_dir": str(self.run_dir)}
         if summary["final"] and summary["base"]:
@@ -575,6 +588,22 @@ class Trainer:
                 summary["report"] = str(build_report(self.run_dir))
         self.accelerator.wait_for_everyone()
         return summary
+
+    def _out_of_time(self, wall0: float, it: int) -> bool:
+        """True when one more iteration plus the final evaluation would overrun ``train.time_budget_min``
+        (decided on the main process, agreed by all)."""
+        budget = self.cfg.train.time_budget_min
+        if budget is None:
+            return False
+        elapsed = time.perf_counter() - wall0
+        done = it - self.start_iteration
+        per_iter = (elapsed - self._eval_seconds_run) / max(done, 1)
+        final_eval = self._last_eval_seconds or 0.0
+        stop = elapsed + per_iter + final_eval > budget * 60
+        if self.world > 1:
+            flag = torch.tensor([float(stop)], device=self.accelerator.device)
+            stop = bool(self.accelerator.reduce(flag, reduction="sum") > 0)
+        return stop
 
     def close(self) -> None:
         """End the process group cleanly (a barrier first: a bare destroy can abort a gloo peer)."""

@@ -77,7 +77,9 @@ class FlowSpec:
     head_dim: int = 8
     shift: float = 1.0
     max_sequence_length: int = 0
-    init: str = "default"  # "dit": DiT's init (xavier linears, zero adaLN modulation and output) for pretraining
+    init: str = (
+        "default"  # "dit": DiT's init (xavier linears, zero adaLN modulation and output) for pretraining
+    )
 
 
 @dataclass

@@ -14,6 +14,7 @@ from visalign.pretrain.config import PretrainConfig
 from visalign.pretrain.generate import generate, image_seed, pipeline_kwargs
 
 CONTACT_SHEET = "contact_sheet.png"
+BAND = (0.30, 0.70)  # the quality band a base model should land in (room for RL, signal to learn from)
 FINAL_EVAL = "final_eval.json"
 
 
@@ -77,6 +78,7 @@ def write_card(
     history = (
         [json.loads(ln) for ln in history_file.read_text().splitlines()] if history_file.is_file() else []
     )
+    history = [h for h in history if h["step"] <= info["training"]["denoiser_steps"]]
     res = evaluation["results"]
     per_tag: dict[str, Any] = res.get("per_tag", {})
     params: dict[str, int] = info["parameters"]
@@ -132,6 +134,19 @@ def write_card(
     for tag, acc in per_tag.items():
         lines.append(f"| {tag} | {_fmt(acc)} | {_fmt(soft_tag.get(tag))} |")
     lines += [f"| **overall** | **{_fmt(res['overall'])}** | {_fmt(res.get('soft'))} |", ""]
+    zero = [tag for tag, acc in per_tag.items() if acc <= 0]
+    in_band = BAND[0] <= res["overall"] <= BAND[1] and not zero
+    lines += [
+        f"Target band for a base model: overall strict in [{BAND[0]:.2f}, {BAND[1]:.2f}] with every tag above 0. "
+        + (
+            "This checkpoint is inside it."
+            if in_band
+            else "**This checkpoint is outside it** (overall "
+            f"{res['overall']:.3f}{'; tags at 0: ' + ', '.join(zero) if zero else ''}): it is undertrained; "
+            "the run resumes with a larger `train.steps`."
+        ),
+        "",
+    ]
     lines += [
         f"![contact sheet]({CONTACT_SHEET})",
         "",
@@ -217,6 +232,12 @@ def write_card(
         "",
     ]
     if vae_report:
+        if vae_report.get("init_from"):
+            lines += [
+                f"The autoencoder was reused from `{vae_report['init_from']}` (the same stage-1 recipe and seed; its "
+                "steps and wall time are shown above) with this family's scaling factor.",
+                "",
+            ]
         lines += [
             "VAE reconstructions of test-split scenes (70 prompts x 2 scenes): "
             f"PSNR {vae_report.get('recon_psnr_db', 0):.1f} dB; verifier strict score "

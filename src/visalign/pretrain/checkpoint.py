@@ -43,6 +43,7 @@ def save_module_folder(module: Any, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is shared like any other
     try:
         module.save_pretrained(tmp)
         if out_dir.exists():

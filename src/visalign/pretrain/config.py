@@ -49,7 +49,7 @@ class FlowModelConfig(StrictModel):
     num_heads: int = 3
     head_dim: int = 32
     shift: float = 1.0
-    init: Literal["default", "dit"] = "dit"
+    init: Literal["default", "dit"] = "default"  # "dit": DiT init (zero adaLN / output projection)
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
 
 

@@ -72,6 +72,7 @@ def save_pipeline(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is shared like any other
     try:
         with torch.no_grad(), _quiet_saving():
             pipe.save_pretrained(tmp, safe_serialization=True)

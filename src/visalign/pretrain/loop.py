@@ -558,6 +558,7 @@ def finalize(cfg: PretrainConfig, run_dir: Path, out: Path, pipe: Any, console: 
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(out, dest)
+        dest.chmod(0o755)
         console.print(f"copied the model to {dest}")
 
 
@@ -583,6 +584,7 @@ def finalize_export(cfg: PretrainConfig, step: int, console: Console | None = No
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(src, out)
+    out.chmod(0o755)
     _, pipe = load_pipeline(out)
     finalize(cfg, run_dir, out, pipe, console)
     return out

@@ -277,6 +277,15 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def _auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC: the chance that a verifier-correct pair scores above a verifier-incorrect one (ties: 1/2)."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = _ranks(np.asarray(score, np.float64)) + 1.0
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def agreement(
     pred_soft: np.ndarray, pred_strict: np.ndarray, soft: np.ndarray, strict: np.ndarray
 ) -> dict[str, float]:
@@ -289,6 +298,7 @@ def agreement(
         "spearman": _pearson(_ranks(pred_soft), _ranks(soft)) if len(soft) > 1 else float("nan"),
         "mae": float(np.abs(pred_soft - soft).mean()) if len(soft) else float("nan"),
         "strict_accuracy": float(hit.mean()) if len(soft) else float("nan"),
+        "strict_auc": _auc(pred_soft, np.asarray(strict) > 0.5),
         "verifier_strict_rate": float((np.asarray(strict) > 0.5).mean()) if len(soft) else float("nan"),
         "verifier_soft_mean": float(soft.mean()) if len(soft) else float("nan"),
     }
@@ -322,6 +332,45 @@ def evaluate(model: ShapesRM, sets: dict[str, PairSet]) -> dict[str, dict[str, f
             ps, pt = predict(model, pairs)
             out[name] = agreement(ps, pt, pairs.soft, pairs.strict)
     return out
+
+
+def pixel_attack(
+    model: ShapesRM, prompts: list[dict], steps: int = 40, lr: float = 0.01, seed: int = 0
+) -> dict:
+    """Reward hacking check: gradient ascent on the pixels of mismatched renders (one per prompt), then the
+    model's and the verifier's scores before and after (Adam on unconstrained pixels, clamped to [0, 1])."""
+    from visalign.worlds.shapes.mismatch import corrupt
+    from visalign.worlds.shapes.render import render_scene
+
+    rng = np.random.default_rng(seed)
+    arrays = np.stack([render_scene(corrupt(md, rng)[1], seed + i) for i, md in enumerate(prompts)])
+    texts = [md["prompt"] for md in prompts]
+    start = to_tensor(arrays)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = start.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    for _ in range(steps):
+        loss = -torch.sigmoid(model(x.clamp(0, 1), texts)["soft"]).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    with torch.no_grad():
+        end = x.clamp(0, 1)
+        before = torch.sigmoid(model(start, texts)["soft"]).mean().item()
+        after = torch.sigmoid(model(end, texts)["soft"]).mean().item()
+    end_u8 = (end.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    v0, v1 = label(arrays, prompts, ["x"] * len(prompts)), label(end_u8, prompts, ["x"] * len(prompts))
+    return {
+        "n": len(prompts), "steps": steps, "lr": lr,
+        "rm_before": before, "rm_after": after,
+        "verifier_soft_before": float(v0.soft.mean()), "verifier_soft_after": float(v1.soft.mean()),
+        "verifier_strict_before": float(v0.strict.mean()), "verifier_strict_after": float(v1.strict.mean()),
+        "mean_abs_pixel_change": float((end - start).abs().mean()),
+    }  # fmt: skip
 
 
 # -- training -----------------------------------------------------------------------------------------------
@@ -522,6 +571,7 @@ def run_command(args: Any) -> int:
         model, history = train(train_set, settings, model=init, progress=progress, log=log)
         train_s = time.perf_counter() - t_train
         metrics = evaluate(model, eval_sets)
+        attack = pixel_attack(model, test_prompts[::3], seed=args.seed)
     summary = {
         "training": {
             "pairs": len(train_set),
@@ -549,6 +599,7 @@ def run_command(args: Any) -> int:
             "synthetic_by_source": eval_synth.counts(),
         },
         "agreement": metrics,
+        "pixel_attack": attack,
         "note": args.card_note or "",
     }
     save_rm(model, out, extra={"parameters": model.num_parameters()})
@@ -577,25 +628,34 @@ def _print_metrics(console: Any, metrics: dict[str, dict[str, float]]) -> None:
     from rich.table import Table
 
     table = Table(title="agreement with the verifier (held out)")
-    for col in ("set", "n", "pearson", "spearman", "MAE", "strict acc.", "verifier strict rate"):
+    for col in (
+        "set",
+        "n",
+        "pearson",
+        "spearman",
+        "MAE",
+        "strict acc.",
+        "strict AUC",
+        "verifier strict rate",
+    ):
         table.add_column(col)
     for name, m in metrics.items():
         table.add_row(name, str(m["n"]), f"{m['pearson']:.3f}", f"{m['spearman']:.3f}", f"{m['mae']:.3f}",
-                      f"{m['strict_accuracy']:.3f}", f"{m['verifier_strict_rate']:.3f}")  # fmt: skip
+                      f"{m['strict_accuracy']:.3f}", f"{m['strict_auc']:.3f}", f"{m['verifier_strict_rate']:.3f}")  # fmt: skip
     console.print(table)
 
 
 def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     """The agreement figures as a Markdown table."""
     lines = [
-        "| held-out set | pairs | Pearson | Spearman | MAE | strict accuracy | verifier strict rate |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| held-out set | pairs | Pearson | Spearman | MAE | strict accuracy | strict AUC | verifier strict rate |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in metrics.items():
         label_ = name.strip() if not name.startswith("  ") else f"&nbsp;&nbsp;{name.strip()}"
         lines.append(
             f"| {label_} | {m['n']} | {m['pearson']:.3f} | {m['spearman']:.3f} | {m['mae']:.3f} | "
-            f"{m['strict_accuracy']:.3f} | {m['verifier_strict_rate']:.3f} |"
+            f"{m['strict_accuracy']:.3f} | {m['strict_auc']:.3f} | {m['verifier_strict_rate']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -618,7 +678,7 @@ def _init_line(t: dict[str, Any]) -> str:
 def model_card(model: ShapesRM, summary: dict[str, Any]) -> str:
     """A Markdown model card from a training summary (written next to the weights)."""
     c = model.config
-    t, h = summary["training"], summary["heldout"]
+    t, h, a = summary["training"], summary["heldout"], summary["pixel_attack"]
     gen = (
         f"{t['generated_images']} generated images of {t['generated_prompts']} train prompts "
         f"(from {', '.join(t['generated_sources'])}), each paired with its own prompt and once with another "
@@ -670,9 +730,19 @@ strings and some compositions that never occur in training), by source {h["synth
 
 Pearson / Spearman: correlation of the predicted and the verifier's soft scores; MAE: mean absolute error of
 the soft score; strict accuracy: the strict head thresholded at 0.5 against the verifier's verdict (compare
-with the verifier strict rate: always answering the majority verdict scores max(rate, 1 - rate)).
+with the verifier strict rate: always answering the majority verdict scores max(rate, 1 - rate)); strict AUC:
+the chance that a pair the verifier accepts gets a higher `shapes_rm` score than a pair it rejects.
 
 {metrics_table(summary["agreement"])}
+
+## Reward hacking check
+
+Gradient ascent on the pixels of {a["n"]} mismatched renders (test prompts; Adam, lr {a["lr"]}, {a["steps"]} steps,
+mean absolute pixel change {a["mean_abs_pixel_change"]:.3f}) raises this model's mean score from
+{a["rm_before"]:.3f} to {a["rm_after"]:.3f}, while the verifier's mean soft score goes from
+{a["verifier_soft_before"]:.3f} to {a["verifier_soft_after"]:.3f} (strict {a["verifier_strict_before"]:.3f} to
+{a["verifier_strict_after"]:.3f}). Unconstrained pixels are not a generator, but the lesson holds: optimise
+this model, judge with the verifier, and keep the KL / step budget of reward back-propagation modest.
 
 {summary.get("note", "")}
 
