@@ -44,35 +44,32 @@ def per_tag_means(scores: torch.Tensor, metadata: Sequence[dict[str, Any]]) -> d
     return out
 
 
+class _ShapesVerifierReward(Reward):
+    """The verifier's two scores: the one named like the reward comes first, the other is logged beside it."""
+
+    differentiable = False
+    groupwise = False
+    output_range = (0.0, 1.0)
+
+    def score(
+        self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        strict, soft = verdict_scores(images, metadata)
+        both = {"shapes_strict": strict, "shapes_soft": soft}
+        return {self.name: both[self.name], **{k: v for k, v in both.items() if k != self.name}}
+
+
 @register_reward("shapes_strict")
-class ShapesStrict(Reward):
+class ShapesStrict(_ShapesVerifierReward):
     """1 if the image satisfies every GenEval rule of its metadata, else 0 (component: ``shapes_soft``)."""
 
     name = "shapes_strict"
     summary = "ShapesWorld verifier, GenEval rules, 0/1"
-    differentiable = False
-    groupwise = False
-    output_range = (0.0, 1.0)
-
-    def score(
-        self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
-    ) -> dict[str, torch.Tensor]:
-        strict, soft = verdict_scores(images, metadata)
-        return {self.name: strict, "shapes_soft": soft}
 
 
 @register_reward("shapes_soft")
-class ShapesSoft(Reward):
+class ShapesSoft(_ShapesVerifierReward):
     """Partial credit in [0, 1] (component: ``shapes_strict``)."""
 
     name = "shapes_soft"
     summary = "ShapesWorld verifier, partial credit"
-    differentiable = False
-    groupwise = False
-    output_range = (0.0, 1.0)
-
-    def score(
-        self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
-    ) -> dict[str, torch.Tensor]:
-        strict, soft = verdict_scores(images, metadata)
-        return {self.name: soft, "shapes_strict": strict}
