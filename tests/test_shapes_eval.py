@@ -152,7 +152,7 @@ def test_world_prompts_regenerates_the_shipped_files(tmp_path: Path, capsys) -> 
 
 
 def test_demo_renders_and_scores(tmp_path: Path, capsys) -> None:
-    assert main(["demo", "--out", str(tmp_path), "--images-per-prompt", "1"]) == 0
+    assert main(["demo", "--world", "--out", str(tmp_path), "--images-per-prompt", "1"]) == 0
     out = capsys.readouterr().out
     assert "contact_sheet.png" in out and "overall" in out
     results = json.loads(next(tmp_path.rglob("results.json")).read_text())
@@ -170,3 +170,9 @@ def test_grid_geometry_and_captions() -> None:
         make_grid(tiles, labels=["only one"])
     sheet = contact_sheet([np.full((64, 64, 3), BACKGROUND, dtype=np.uint8)] * 3, ["a", "b", "c"])
     assert sheet.width >= 3 * 128
+
+
+def test_demo_runs_the_quickstart_recipe_and_reports_bad_overrides(capsys) -> None:
+    # The quickstart recipe resolves; a mistyped override is a one-line error naming the closest key.
+    assert main(["demo", "train.iteratons=1"]) == 2
+    assert "did you mean 'train.iterations'" in capsys.readouterr().err

@@ -217,3 +217,14 @@ def test_time_budget_stops_early_then_evaluates(tmp_path):
     summary = tr.run()
     assert summary["stopped_by_time_budget"] and summary["iterations_done"] == 1 and summary["finished"]
     assert (tmp_path / "run" / "checkpoints" / "iter_000001").is_dir()
+
+
+def test_lora_initialisation_is_seeded_by_the_run(tmp_path):
+    cfg = load_train_config(None, [f"run_dir={tmp_path}", "model.max_sequence_length=0", "seed=7"])
+    states = []
+    for outside in (1, 2):  # whatever the global RNG state before the run
+        pipe = build_flow_pipeline(seed=0)
+        torch.manual_seed(outside)
+        states.append(Trainer(cfg, pipeline=("flow", pipe), rewards=[(Brightness(), 1.0)]).generator
+                      .trainable_state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

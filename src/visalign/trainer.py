@@ -113,8 +113,11 @@ def make_generator(cfg: Config, family: str, pipe: Any, defaults: dict[str, Any]
         msl = cfg.model.max_sequence_length
         kwargs["max_sequence_length"] = msl if msl is not None else defaults.get("max_sequence_length")
     generator = build_generator(family, pipe, **kwargs)
-    generator.setup_finetune(FinetuneSpec(mode=cfg.finetune.mode, rank=cfg.finetune.lora_rank,
-                                          alpha=cfg.finetune.lora_alpha, target_modules=tuple(cfg.finetune.target_modules)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # the LoRA initialisation draws from the global RNG: seed it from the run
+        generator.setup_finetune(FinetuneSpec(mode=cfg.finetune.mode, rank=cfg.finetune.lora_rank,
+                                              alpha=cfg.finetune.lora_alpha,
+                                              target_modules=tuple(cfg.finetune.target_modules)))
     return generator
 
 
