@@ -102,7 +102,11 @@ class Generator:
         raise NotImplementedError
 
     def latent_shape(self) -> tuple[int, int, int]:
-        raise NotImplementedError
+        """(channels, height, width) of the denoiser's input: its configured size, or ``resolution`` if set."""
+        cfg = self.denoiser.config
+        resolution = getattr(self, "resolution", None)
+        size = cfg.sample_size if resolution is None else resolution // self.pipeline.vae_scale_factor
+        return (cfg.in_channels, size, size)
 
     def schedule(self, num_steps: int) -> Schedule:
         raise NotImplementedError

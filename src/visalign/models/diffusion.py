@@ -38,11 +38,6 @@ class DiffusionGenerator(Generator):
     def _forward(self, net, x, t, cond):
         return net(x, t, encoder_hidden_states=cond["embeds"], return_dict=False)[0]
 
-    def latent_shape(self):
-        cfg = self.denoiser.config
-        size = cfg.sample_size if self.resolution is None else self.resolution // self.pipeline.vae_scale_factor
-        return (cfg.in_channels, size, size)
-
     def decode(self, latents):
         vae = self.pipeline.vae
         images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]

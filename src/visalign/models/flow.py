@@ -52,11 +52,6 @@ class FlowGenerator(Generator):
             return_dict=False,
         )[0]
 
-    def latent_shape(self):
-        cfg = self.denoiser.config
-        size = cfg.sample_size if self.resolution is None else self.resolution // self.pipeline.vae_scale_factor
-        return (cfg.in_channels, size, size)
-
     def decode(self, latents):
         vae = self.pipeline.vae
         shift = getattr(vae.config, "shift_factor", None) or 0.0
