@@ -18,6 +18,20 @@ BAND = (0.30, 0.70)  # the quality band a base model should land in (room for RL
 FINAL_EVAL = "final_eval.json"
 
 
+def sample_test_split(
+    pipe: Any, cfg: PretrainConfig, images_per_prompt: int, seed: int
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Images of every test prompt with the configured sampler, seeded exactly as ``visalign sample`` seeds them."""
+    from visalign.worlds.shapes.prompts import load_split
+
+    items = load_split("test")
+    prompts = [m["prompt"] for m in items for _ in range(images_per_prompt)]
+    metas = [m for m in items for _ in range(images_per_prompt)]
+    seeds = [image_seed(seed, p, k) for p in range(len(items)) for k in range(images_per_prompt)]
+    kwargs = pipeline_kwargs(cfg.family, cfg.sample.steps, cfg.sample.guidance, 0)
+    return generate(pipe, prompts, seeds, kwargs, batch_size=cfg.sample.batch_size), metas
+
+
 def final_evaluation(
     pipe: Any, cfg: PretrainConfig, images_per_prompt: int = 4, seed: int = 0
 ) -> dict[str, Any]:
@@ -26,14 +40,8 @@ def final_evaluation(
     The images are exactly those ``visalign sample --split test --images-per-prompt K --seed S`` writes.
     """
     from visalign.eval.shapesbench import score_images
-    from visalign.worlds.shapes.prompts import load_split
 
-    items = load_split("test")
-    prompts = [m["prompt"] for m in items for _ in range(images_per_prompt)]
-    metas = [m for m in items for _ in range(images_per_prompt)]
-    seeds = [image_seed(seed, p, k) for p in range(len(items)) for k in range(images_per_prompt)]
-    kwargs = pipeline_kwargs(cfg.family, cfg.sample.steps, cfg.sample.guidance, 0)
-    images = generate(pipe, prompts, seeds, kwargs, batch_size=cfg.sample.batch_size)
+    images, metas = sample_test_split(pipe, cfg, images_per_prompt, seed)
     results = score_images(list(images), metas)
     return {"images": images, "metadata": metas, "results": results, "images_per_prompt": images_per_prompt}
 

@@ -48,7 +48,13 @@ from visalign.pretrain.build import (
     count_parameters,
     spec_to_dict,
 )
-from visalign.pretrain.card import CONTACT_SHEET, contact_sheet, final_evaluation, write_card
+from visalign.pretrain.card import (
+    CONTACT_SHEET,
+    contact_sheet,
+    final_evaluation,
+    sample_test_split,
+    write_card,
+)
 from visalign.pretrain.checkpoint import (
     append_jsonl,
     load_checkpoint,
@@ -352,14 +358,7 @@ def sampler_settings(cfg: PretrainConfig) -> dict[str, Any]:
 
 def evaluate(pipe: Any, cfg: PretrainConfig, images_per_prompt: int, seed: int) -> dict[str, Any] | None:
     """Strict / soft ShapesBench scores on the test split with the configured sampler."""
-    from visalign.worlds.shapes.prompts import load_split
-
-    items = load_split("test")
-    prompts = [m["prompt"] for m in items for _ in range(images_per_prompt)]
-    metas = [m for m in items for _ in range(images_per_prompt)]
-    seeds = [image_seed(seed, p, k) for p in range(len(items)) for k in range(images_per_prompt)]
-    kwargs = pipeline_kwargs(cfg.family, cfg.sample.steps, cfg.sample.guidance, 0)
-    images = generate(pipe, prompts, seeds, kwargs, batch_size=cfg.sample.batch_size)
+    images, metas = sample_test_split(pipe, cfg, images_per_prompt, seed)
     return _score(list(images), metas)
 
 
