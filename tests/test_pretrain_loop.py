@@ -105,3 +105,36 @@ def test_learning_rate_warms_up_holds_then_decays_linearly_to_zero():
     assert factors[15:] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
     # without decay the schedule is constant after the warm-up (a run is the prefix of a longer one)
     assert [_lr_factor(s, 4) for s in range(3, 8)] == [1.0] * 5
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_diffusion_loss_matches_the_hand_computed_target(tmp_path, prediction_type):
+    """eps target, or v = sqrt(ab) eps - sqrt(1 - ab) z (Salimans & Ho), with ab from the zero-terminal-SNR schedule."""
+    from visalign.pretrain.build import build_diffusion_pipeline
+    from visalign.pretrain.config import model_spec
+    from visalign.pretrain.loop import denoiser_loss
+
+    zero_snr = prediction_type == "v_prediction"
+    overrides = [f"diffusion.prediction_type={prediction_type}", f"diffusion.rescale_betas_zero_snr={zero_snr}"]
+    cfg = load_config(PretrainConfig, None, [*TINY, "family=diffusion", *overrides])
+    pipe = build_diffusion_pipeline(model_spec(cfg), seed=0)
+    ab = pipe.scheduler.alphas_cumprod
+    assert pipe.scheduler.config.prediction_type == prediction_type
+    if zero_snr:  # the schedule ends at pure noise, where sampling starts
+        assert ab[-1].item() == 0.0
+    else:  # SD1.5's scaled-linear schedule keeps sqrt(ab_T) = 0.068 of the signal at t = 999
+        assert abs(ab[-1].sqrt().item() - 0.0683) < 1e-3
+    images = torch.rand(3, 3, 64, 64) * 2 - 1
+    loss = denoiser_loss(pipe, "diffusion", cfg, images, ["a red circle", "", "a blue star"], torch.Generator().manual_seed(5))
+
+    gen = torch.Generator().manual_seed(5)  # the same draws, in the same order, done by hand
+    z = pipe.vae.encode(images).latent_dist.mode() * pipe.vae.config.scaling_factor
+    noise = torch.randn(z.shape, generator=gen)
+    t = torch.randint(0, 1000, (3,), generator=gen)
+    a = ab[t].view(3, 1, 1, 1)
+    x_t = a.sqrt() * z + (1 - a).sqrt() * noise
+    emb = pipe.text_encoder(pipe.tokenizer(["a red circle", "", "a blue star"], padding="max_length",
+                            max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids)[0]  # fmt: skip
+    pred = pipe.unet(x_t, t, encoder_hidden_states=emb).sample
+    target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z
+    assert torch.allclose(loss, ((pred - target) ** 2).mean(), rtol=1e-5, atol=1e-6)

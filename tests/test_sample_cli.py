@@ -85,3 +85,17 @@ def test_missing_component_is_a_clear_cli_error(models, tmp_path, capsys):
     code = main(["sample", "--model", str(broken), "--prompt", "a star", "--out", str(tmp_path / "o")])
     assert code == 2
     assert "text_encoder" in capsys.readouterr().err
+
+
+def test_cli_drops_only_the_torchvision_fallback_notice():
+    """The CLI's filter drops transformers' 'requires torchvision' notice and nothing else from that logger."""
+    import logging
+
+    from visalign.cli import _NoTorchvisionNotice
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("transformers.utils.import_utils", logging.WARNING, __file__, 0, message, None, None)
+
+    notice = "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`"
+    assert not _NoTorchvisionNotice().filter(record(notice))
+    assert _NoTorchvisionNotice().filter(record("`Foo` requires a newer transformers"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 import sys
 
 from visalign import __version__
@@ -37,8 +38,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _NoTorchvisionNotice(logging.Filter):
+    """Drops transformers' notice that an image processor falls back to PIL because torchvision is absent.
+
+    Importing diffusers' SD3 pipeline triggers it on every command; visalign never uses torchvision (its image
+    preprocessing is its own, see ``rewards/_images.py``), so the notice only alarms users.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
     command = next((a for a in argv if not a.startswith("-")), None)
     available = _available()
     parser = build_parser(only=command if command in available else None)

@@ -84,7 +84,7 @@ class FlowSpec:
 
 @dataclass
 class DiffusionSpec:
-    """An SD1.5-class epsilon-prediction pipeline."""
+    """An SD1.5-class pipeline (epsilon or v prediction)."""
 
     vae: VAESpec = field(default_factory=VAESpec)
     text: TextSpec = field(default_factory=TextSpec)
@@ -96,6 +96,8 @@ class DiffusionSpec:
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
     beta_end: float = 0.012
+    prediction_type: str = "epsilon"
+    rescale_betas_zero_snr: bool = False
 
 
 def spec_to_dict(spec: FlowSpec | DiffusionSpec) -> dict:
@@ -249,7 +251,8 @@ def build_diffusion_pipeline(spec: DiffusionSpec | None = None, seed: int = 0) -
         set_alpha_to_one=False,
         steps_offset=1,
         timestep_spacing="trailing",
-        prediction_type="epsilon",
+        prediction_type=spec.prediction_type,
+        rescale_betas_zero_snr=spec.rescale_betas_zero_snr,
     )
     pipe = StableDiffusionPipeline(
         vae=vae,

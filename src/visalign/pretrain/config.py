@@ -27,6 +27,9 @@ class VAEConfig(StrictModel):
     kl_weight: float = 1e-6
     stats_images: int = 1024  # images encoded to set scaling_factor / shift_factor
     init_from: str | None = None  # a pipeline folder whose vae/ is reused (this stage is then skipped)
+    # scalar: one shift / scale for all channels (SD3 / SD1.5 convention). channel: per-channel standardisation
+    # folded into quant_conv / post_quant_conv first (pretrain/latent_norm.py), then the scalar factors.
+    latent_norm: Literal["scalar", "channel"] = "scalar"
 
 
 class TextConfig(StrictModel):
@@ -54,7 +57,7 @@ class FlowModelConfig(StrictModel):
 
 
 class DiffusionModelConfig(StrictModel):
-    """The ``UNet2DConditionModel`` (epsilon prediction) and its DDPM noise schedule."""
+    """The ``UNet2DConditionModel`` and its DDPM noise schedule."""
 
     block_out_channels: list[int] = [32, 64, 64]
     layers_per_block: int = 1
@@ -64,6 +67,10 @@ class DiffusionModelConfig(StrictModel):
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
     beta_end: float = 0.012
+    # epsilon: SD1.5's target. v_prediction + rescale_betas_zero_snr (Lin et al. 2023): the training schedule
+    # ends at pure noise, where sampling starts; with SD1.5's schedule the last step still holds 6.8% signal.
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    rescale_betas_zero_snr: bool = False
 
 
 class TrainConfig(StrictModel):
@@ -79,6 +86,7 @@ class TrainConfig(StrictModel):
     ema_decay: float = 0.999  # 0 disables the EMA; samples, evals and exports use the EMA weights
     prompt_dropout: float = 0.1  # the empty prompt, so that classifier-free guidance is available
     tag_balanced: bool = True  # draw a tag uniformly, then a train prompt of that tag
+    tags: list[str] | None = None  # train on these tags only (None: all)
 
 
 class SampleConfig(StrictModel):
@@ -172,4 +180,6 @@ def model_spec(cfg: PretrainConfig) -> FlowSpec | DiffusionSpec:
         beta_schedule=d.beta_schedule,
         beta_start=d.beta_start,
         beta_end=d.beta_end,
+        prediction_type=d.prediction_type,
+        rescale_betas_zero_snr=d.rescale_betas_zero_snr,
     )

@@ -27,14 +27,21 @@ class Batch:
 class ShapesData:
     """Draws train-split metadata (optionally tag-balanced) and renders one random scene per item."""
 
-    def __init__(self, seed: int, image_size: int = 64, tag_balanced: bool = True, split: str = "train"):
+    def __init__(
+        self,
+        seed: int,
+        image_size: int = 64,
+        tag_balanced: bool = True,
+        split: str = "train",
+        tags: list[str] | None = None,
+    ):
         from visalign.worlds.shapes.prompts import load_split
 
         self.seed = seed
         self.image_size = image_size
-        self.items = load_split(split)
+        self.items = [m for m in load_split(split) if tags is None or m["tag"] in tags]
         if not self.items:
-            raise ValueError(f"ShapesWorld {split} split is empty")
+            raise ValueError(f"ShapesWorld {split} split has no items" + (f" with tags {tags}" if tags else ""))
         self.tag_balanced = tag_balanced
         tags = sorted({m["tag"] for m in self.items})
         self.by_tag = {t: [i for i, m in enumerate(self.items) if m["tag"] == t] for t in tags}

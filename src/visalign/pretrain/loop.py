@@ -68,6 +68,7 @@ from visalign.pretrain.config import PretrainConfig, model_spec, vae_spec
 from visalign.pretrain.data import ShapesData
 from visalign.pretrain.export import save_pipeline
 from visalign.pretrain.generate import generate, image_seed, pipeline_kwargs
+from visalign.pretrain.latent_norm import fold_channel_normalization
 
 
 def _progress(console: Console) -> Progress:
@@ -187,12 +188,26 @@ def train_vae(cfg: PretrainConfig, run_dir: Path, data: ShapesData, console: Con
 
 @torch.no_grad()
 def _vae_stats_and_report(cfg: PretrainConfig, vae: Any, data: ShapesData) -> dict[str, Any]:
-    """Set ``scaling_factor`` / ``shift_factor`` from encoded train images; measure reconstructions on test scenes."""
-    zs = []
-    for i in range(0, cfg.vae.stats_images, 64):
-        x = data.batch("stats", i, min(64, cfg.vae.stats_images - i)).images
-        zs.append(vae.encode(x).latent_dist.mode())
-    z = torch.cat(zs)
+    """Set ``scaling_factor`` / ``shift_factor`` from encoded train images; measure reconstructions on test scenes.
+
+    With ``vae.latent_norm: channel`` the per-channel standardisation is first folded into the autoencoder
+    (``latent_norm.py``), so the scalar factors come out as about 1 and 0.
+    """
+
+    def encode_stats_images() -> torch.Tensor:
+        zs = []
+        for i in range(0, cfg.vae.stats_images, 64):
+            x = data.batch("stats", i, min(64, cfg.vae.stats_images - i)).images
+            zs.append(vae.encode(x).latent_dist.mode())
+        return torch.cat(zs)
+
+    z = encode_stats_images()
+    channel_std_before = None
+    if cfg.vae.latent_norm == "channel":
+        scalar_std = z.std()
+        channel_std_before = (z.std((0, 2, 3)) / scalar_std).tolist()  # in scalar-normalised units
+        fold_channel_normalization(vae, z.mean((0, 2, 3)), z.std((0, 2, 3)))
+        z = encode_stats_images()
     mean, std = z.mean().item(), z.std().item()
     if cfg.family == "flow":  # SD3 pipelines decode z / scale + shift
         shift, scale = mean, 1.0 / std
@@ -204,7 +219,10 @@ def _vae_stats_and_report(cfg: PretrainConfig, vae: Any, data: ShapesData) -> di
         "latent_std": std,
         "scaling_factor": scale,
         "shift_factor": shift,
+        "latent_norm": cfg.vae.latent_norm,
     }
+    if channel_std_before is not None:
+        report["channel_std_under_scalar_norm"] = channel_std_before
     test = ShapesData(cfg.seed + 1, cfg.image_size, tag_balanced=False, split="test")
     items = test.items * 2
     xs, recs = [], []
@@ -318,7 +336,7 @@ def denoiser_loss(
     prompts: list[str],
     gen: torch.Generator,
 ) -> torch.Tensor:
-    """Flow matching (v = eps - x0 at sigma) or epsilon-prediction loss on one batch of images in [-1, 1]."""
+    """Flow matching (v = eps - x0 at sigma), or the scheduler's epsilon / v target, on images in [-1, 1]."""
     vae = pipe.vae
     with torch.no_grad():
         z = vae.encode(images).latent_dist.mode()
@@ -338,6 +356,8 @@ def denoiser_loss(
     t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (n,), generator=gen)
     x_t = pipe.scheduler.add_noise(z, noise, t)
     pred = pipe.unet(x_t, t, return_dict=False, **cond)[0]
+    if pipe.scheduler.config.prediction_type == "v_prediction":
+        return F.mse_loss(pred, pipe.scheduler.get_velocity(z, noise, t))
     return F.mse_loss(pred, noise)
 
 
@@ -606,7 +626,7 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None) -> Path:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
-    data = ShapesData(cfg.seed, cfg.image_size, tag_balanced=cfg.train.tag_balanced)
+    data = ShapesData(cfg.seed, cfg.image_size, tag_balanced=cfg.train.tag_balanced, tags=cfg.train.tags)
     t0 = time.perf_counter()
     vae = train_vae(cfg, run_dir, data, console)
     pipe = train_denoiser(cfg, run_dir, data, vae, console)
