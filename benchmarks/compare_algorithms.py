@@ -39,6 +39,7 @@ ENTRIES: dict[str, tuple[str, str]] = {
     "tempflow_grpo": ("tempflow_grpo_shapes.yaml", "policy gradient"),
     "grpo_guard": ("grpo_guard_shapes.yaml", "policy gradient"),
     "gdpo": ("gdpo_shapes.yaml", "policy gradient"),
+    "pref_grpo": ("pref_grpo_verifier_shapes.yaml", "policy gradient"),
     "dpok": ("dpok_shapes.yaml", "policy gradient"),
     "ddpo": ("ddpo_shapes.yaml", "policy gradient"),
     "diffusion_nft": ("diffusion_nft_shapes.yaml", "forward process"),

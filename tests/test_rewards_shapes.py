@@ -54,3 +54,24 @@ def test_composite_of_verifier_and_jpeg_logs_every_component() -> None:
     out = reward(images, [CIRCLE["prompt"]], [CIRCLE])
     assert list(out) == ["composite", "shapes_strict", "shapes_soft", "jpeg_compressibility"]
     torch.testing.assert_close(out["composite"], out["shapes_strict"] + 0.01 * out["jpeg_compressibility"])
+
+
+def test_pairwise_win_rate_from_the_verifier() -> None:
+    """Pref-GRPO win rates, computed by hand: two correct renders tie with each other and beat the blank and the
+    half-right image; the half-right image (a circle, no triangle) beats the blank canvas."""
+    blank = np.empty((64, 64, 3), np.uint8)
+    blank[:] = BACKGROUND
+    arrays = [render_scene(TWO, 0), blank, render_scene(TWO, 1), render_scene(CIRCLE, 2)]
+    metas = [TWO] * 4
+    reward = build_reward("shapes_pairwise")
+    assert reward.groupwise
+    out = reward(_batch(arrays), [TWO["prompt"]] * 4, metas)
+    soft = out["shapes_soft"]
+    assert soft[0] == soft[2] == 1.0 and soft[1] < soft[3] < 1.0  # the premise of the hand computation
+    expected = torch.tensor([(0.5 + 1 + 1) / 3, 0.0, (0.5 + 1 + 1) / 3, 1 / 3])
+    torch.testing.assert_close(out["shapes_pairwise"], expected)
+    # a margin wider than every gap makes every pair a tie
+    torch.testing.assert_close(build_reward("shapes_pairwise", tie_margin=1.0)(_batch(arrays), [TWO["prompt"]] * 4,
+                               metas)["shapes_pairwise"], torch.full((4,), 0.5))  # fmt: skip
+    with pytest.raises(RewardError, match="groupwise"):
+        reward(_batch(arrays[:2]), [TWO["prompt"], CIRCLE["prompt"]], [TWO, CIRCLE])

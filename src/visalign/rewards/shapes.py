@@ -73,3 +73,37 @@ class ShapesSoft(_ShapesVerifierReward):
 
     name = "shapes_soft"
     summary = "ShapesWorld verifier, partial credit"
+
+
+@register_reward("shapes_pairwise")
+class ShapesPairwise(Reward):
+    """The verifier as a pairwise judge: Pref-GRPO's win rate within a group (groupwise).
+
+    Image i beats image j when its soft score exceeds j's by more than ``tie_margin``; closer pairs are ties
+    (1/2 each). The reward of image i is its mean outcome against the other images of its group
+    (``vlm_judge.win_rates``), as in Pref-GRPO with a VLM judge, but offline and deterministic, so the recipe runs
+    on CPU. Components: the soft and strict scores (logged, so the win rate can be compared with them).
+    """
+
+    name = "shapes_pairwise"
+    summary = "ShapesWorld verifier as a pairwise judge, Pref-GRPO win rate (groupwise)"
+    differentiable = False
+    groupwise = True
+    output_range = (0.0, 1.0)
+
+    def __init__(self, tie_margin: float = 0.0) -> None:
+        if tie_margin < 0:
+            raise RewardError("reward 'shapes_pairwise': tie_margin must be >= 0")
+        self.tie_margin = float(tie_margin)
+
+    def score(
+        self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        from visalign.rewards.vlm_judge import win_rates
+
+        if len(set(prompts)) != 1:
+            raise RewardError("reward 'shapes_pairwise' is groupwise: pass the images of one prompt at a time")
+        strict, soft = verdict_scores(images, metadata)
+        diff = soft[:, None] - soft[None, :]
+        outcome = torch.where(diff > self.tie_margin, 1.0, torch.where(diff < -self.tie_margin, 0.0, 0.5))
+        return {self.name: win_rates(outcome), "shapes_soft": soft, "shapes_strict": strict}
