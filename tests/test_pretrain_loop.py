@@ -138,3 +138,11 @@ def test_diffusion_loss_matches_the_hand_computed_target(tmp_path, prediction_ty
     pred = pipe.unet(x_t, t, encoder_hidden_states=emb).sample
     target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z
     assert torch.allclose(loss, ((pred - target) ** 2).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_train_tags_must_be_shapesworld_tags(tmp_path):
+    cfg = load_config(PretrainConfig, None, [*TINY, "train.tags=[single_object, colors]"])
+    data = ShapesData(0, 64, tags=cfg.train.tags)
+    assert {m["tag"] for m in data.items} == {"single_object", "colors"}
+    with pytest.raises(UserError, match="single_objekt"):
+        load_config(PretrainConfig, None, [*TINY, "train.tags=[single_objekt]"])

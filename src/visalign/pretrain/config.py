@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import field_validator
+
 from visalign.config_io import StrictModel
 from visalign.pretrain.build import DiffusionSpec, FlowSpec, TextSpec, VAESpec
 
@@ -87,6 +89,17 @@ class TrainConfig(StrictModel):
     prompt_dropout: float = 0.1  # the empty prompt, so that classifier-free guidance is available
     tag_balanced: bool = True  # draw a tag uniformly, then a train prompt of that tag
     tags: list[str] | None = None  # train on these tags only (None: all)
+
+    @field_validator("tags")
+    @classmethod
+    def _known_tags(cls, tags: list[str] | None) -> list[str] | None:
+        from visalign.worlds.shapes.vocab import TAGS
+
+        if tags is not None:
+            unknown = [t for t in tags if t not in TAGS]
+            if unknown or not tags:
+                raise ValueError(f"unknown ShapesWorld tags {unknown} (known: {', '.join(TAGS)})")
+        return tags
 
 
 class SampleConfig(StrictModel):
