@@ -1,5 +1,6 @@
 """Tiny engine pieces shared by the algorithm and trainer tests: a LoRA generator on a random tiny pipeline, a
-perturbation that makes the policy differ from its reference, a brightness reward and a decoder that keeps it."""
+perturbation that makes the policy differ from its reference, a brightness reward and a decoder that keeps it, and
+the Flow-SDE step computed by hand."""
 
 from __future__ import annotations
 
@@ -42,3 +43,14 @@ class Brightness(Reward):
 def linear_decode(latents: torch.Tensor) -> torch.Tensor:
     """A decoder whose colours follow the latents (a random-init VAE's GroupNorms wash brightness out)."""
     return torch.sigmoid(F.interpolate(latents[:, :3].float(), scale_factor=4))
+
+
+def flow_sde_by_hand(gen, batch, sigma_max: float, a: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flow-SDE mean ``[B, C, H, W]`` and std ``[B]`` of the batch's step from the network's velocity (DESIGN.md 5)."""
+    with torch.no_grad():
+        v = gen.predict(batch.x, batch.t_model, batch.cond)
+    s, sn = batch.c.view(-1, 1, 1, 1), batch.c_next.view(-1, 1, 1, 1)
+    sig_t = a * torch.sqrt(s / (1 - torch.where(s == 1, torch.full_like(s, sigma_max), s)))
+    dt = sn - s
+    mean = batch.x + (v + sig_t**2 / (2 * s) * (batch.x + (1 - s) * v)) * dt
+    return mean, (sig_t * torch.sqrt(-dt)).flatten()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from engine_fixtures import Brightness, linear_decode, perturb, tiny_generator
+from engine_fixtures import Brightness, flow_sde_by_hand, linear_decode, perturb, tiny_generator
 from visalign.algorithms import build_algorithm
 from visalign.config import load_train_config
 from visalign.pretrain.build import build_diffusion_pipeline, build_flow_pipeline
@@ -47,16 +47,6 @@ def _ddim_by_hand(gen, batch, eta=1.0):
     return mean, std
 
 
-def _sde_by_hand(gen, batch, sigma_max, a=0.7):
-    with torch.no_grad():
-        v = gen.predict(batch.x, batch.t_model, batch.cond)
-    s, sn = batch.c.view(-1, 1, 1, 1), batch.c_next.view(-1, 1, 1, 1)
-    sig_t = a * torch.sqrt(s / (1 - torch.where(s == 1, torch.full_like(s, sigma_max), s)))
-    dt = sn - s
-    mean = batch.x + (v + sig_t**2 / (2 * s) * (batch.x + (1 - s) * v)) * dt
-    return mean, sig_t * torch.sqrt(-dt)
-
-
 @pytest.mark.parametrize("family", ["diffusion", "flow"])
 def test_dpok_loss_by_hand(family):
     gen = tiny_generator(family)
@@ -69,12 +59,12 @@ def test_dpok_loss_by_hand(family):
     loss, m = algo.loss(batch, gen)
 
     def step(g):
-        return _ddim_by_hand(g, batch) if family == "diffusion" else _sde_by_hand(g, batch, float(schedule.c[1]))
+        return _ddim_by_hand(g, batch) if family == "diffusion" else flow_sde_by_hand(g, batch, float(schedule.c[1]))
 
     mu, std = step(gen)
     with gen.reference():
         mu_ref, _ = step(gen)
-    s = std.expand_as(mu)
+    s = std.view(-1, 1, 1, 1).expand_as(mu)
     logp = Normal(mu, s).log_prob(batch.x_next).mean(dim=(1, 2, 3))
     rho = torch.exp(logp - batch.old_log_prob)
     a = batch.advantages

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from engine_fixtures import Brightness, linear_decode, perturb, tiny_generator
+from engine_fixtures import Brightness, flow_sde_by_hand, linear_decode, perturb, tiny_generator
 from visalign.algorithms import build_algorithm
 from visalign.config import load_train_config
 from visalign.errors import UserError
@@ -196,17 +196,6 @@ def test_mixgrpo_flash_samples_the_ode_part_with_dpm2m():
 # losses against hand computations
 
 
-def _sde_by_hand(gen, batch, a, sigma_max, policy=True):
-    """Flow-SDE mean and std of the batch's step, from the network's velocity (the formula of DESIGN.md 5)."""
-    with torch.no_grad():
-        v = gen.predict(batch.x, batch.t_model, batch.cond)
-    s, sn = batch.c.view(-1, 1, 1, 1), batch.c_next.view(-1, 1, 1, 1)
-    sig_t = a * torch.sqrt(s / (1 - torch.where(s == 1, torch.full_like(s, sigma_max), s)))
-    dt = sn - s
-    mu = batch.x + (v + sig_t**2 / (2 * s) * (batch.x + (1 - s) * v)) * dt
-    return mu, (sig_t * torch.sqrt(-dt)).flatten()
-
-
 def _prepared(name, options, steps=6, num_train_steps=0):
     gen = tiny_generator()
     perturb(gen, 0.05)
@@ -228,7 +217,7 @@ def test_noise_aware_step_weighting_by_hand():
     s_all = 0.7 * torch.sqrt(c / (1 - torch.where(c == 1, torch.full_like(c, sigma_max), c))) * torch.sqrt(c - cn)
     batch = r.step_batch(torch.arange(len(r)), 1)
     loss, m = algo.loss(batch, gen)
-    mu, std = _sde_by_hand(gen, batch, 0.7, sigma_max)
+    mu, std = flow_sde_by_hand(gen, batch, sigma_max)
     w = std / s_all.mean()
     assert len(set(batch.step_index.tolist())) > 1  # samples at different steps get different weights
     logp = Normal(mu, std.view(-1, 1, 1, 1).expand_as(mu)).log_prob(batch.x_next).mean(dim=(1, 2, 3))
@@ -247,7 +236,7 @@ def test_grpo_guard_ratio_norm_and_inverse_dt_weights_by_hand():
     sigma_max = float(schedule.c[1])
     batch = r.step_batch(torch.arange(len(r)), 0)
     loss, m = algo.loss(batch, gen)
-    mu, std = _sde_by_hand(gen, batch, 0.7, sigma_max)
+    mu, std = flow_sde_by_hand(gen, batch, sigma_max)
     s = std.view(-1, 1, 1, 1)
     # with z = (x' - mu_old) / s, log rho + b = mean_d[z (mu - mu_old)] / s: the normalised log-ratio is mean_d[z d]
     z = (batch.x_next - batch.old_mean) / s

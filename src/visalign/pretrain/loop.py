@@ -204,9 +204,9 @@ def _vae_stats_and_report(cfg: PretrainConfig, vae: Any, data: ShapesData) -> di
     z = encode_stats_images()
     channel_std_before = None
     if cfg.vae.latent_norm == "channel":
-        scalar_std = z.std()
-        channel_std_before = (z.std((0, 2, 3)) / scalar_std).tolist()  # in scalar-normalised units
-        fold_channel_normalization(vae, z.mean((0, 2, 3)), z.std((0, 2, 3)))
+        channel_std = z.std((0, 2, 3))
+        channel_std_before = (channel_std / z.std()).tolist()  # in scalar-normalised units
+        fold_channel_normalization(vae, z.mean((0, 2, 3)), channel_std)
         z = encode_stats_images()
     mean, std = z.mean().item(), z.std().item()
     if cfg.family == "flow":  # SD3 pipelines decode z / scale + shift
