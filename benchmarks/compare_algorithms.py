@@ -47,24 +47,36 @@ ENTRIES: dict[str, tuple[str, str]] = {
     "rwr": ("rwr_shapes.yaml", "forward process"),
     "raft": ("raft_shapes.yaml", "forward process"),
     "diffusion_dpo_online": ("diffusion_dpo_online_shapes.yaml", "preference"),
+    "diffusion_dpo_offline": ("diffusion_dpo_offline_shapes.yaml", "preference"),
     "diffusion_kto": ("diffusion_kto_shapes.yaml", "preference"),
     "refl": ("refl_shapes.yaml", "reward backprop"),
     "draft": ("draft_shapes.yaml", "reward backprop"),
     "alignprop": ("alignprop_shapes.yaml", "reward backprop"),
 }
 RM = "shapes_rm"
+# Offline entries draw no rollouts: their budget is the same number of images read from a ShapesWorld pair file
+# (a correct rendering against a one-way-wrong one, ``make_shapes_pairs``), each pair seen once.
+OFFLINE = {"diffusion_dpo_offline"}
 
 
-def _overrides(recipe: Path, run_dir: Path, images: int, evals: int, threads: int) -> tuple[list[str], int, int]:
+def _overrides(
+    recipe: Path, run_dir: Path, images: int, evals: int, threads: int, offline: bool = False
+) -> tuple[list[str], int, int]:
     import yaml
 
     data = yaml.safe_load(recipe.read_text()) or {}
     d = data.get("data") or {}
-    per_iter = int(d.get("prompts_per_iter", 8)) * int(d.get("group_size", 4))
+    # online: prompts x group images per iteration; offline: that many pairs, two images each
+    per_iter = int(d.get("prompts_per_iter", 8)) * int(d.get("group_size", 4)) * (2 if offline else 1)
     iterations = max(1, math.ceil(images / per_iter))
     every = max(1, iterations // max(1, evals))
     out = [f"run_dir={run_dir}", f"train.iterations={iterations}", f"eval.every={every}",
            "train.time_budget_min=null", "checkpoint.every=0", "log.progress=false", f"train.threads={threads}"]
+    if offline:
+        from visalign.preference_data import make_shapes_pairs
+
+        pairs = make_shapes_pairs(run_dir.parent / "shapes_pairs", iterations * per_iter // 2, seed=0)
+        out.append(f"algorithm.options.dataset={pairs}")
     names = [r.get("name") for r in data.get("rewards") or []]
     if RM not in names:
         rewards = list(data.get("rewards") or [{"name": "shapes"}]) + [{"name": RM, "weight": 0.0}]
@@ -89,7 +101,9 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     recipe_name, family = ENTRIES[name]
     recipe = ROOT / "recipes" / recipe_name
     run_dir = Path(args.out) / name
-    overrides, iterations, per_iter = _overrides(recipe, run_dir, args.images, args.evals, args.threads)
+    overrides, iterations, per_iter = _overrides(
+        recipe, run_dir, args.images, args.evals, args.threads, offline=name in OFFLINE
+    )
     summary_path = run_dir / "summary.json"
     if not (summary_path.is_file() and json.loads(summary_path.read_text()).get("finished")):
         if run_dir.exists():
@@ -109,7 +123,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "algorithm": cfg.algorithm.name, "family": family, "recipe": f"recipes/{recipe_name}",
         "model": cfg.model.name, "iterations": iterations, "images_per_iteration": per_iter,
-        "images": iterations * per_iter, "base": curve[0], "final": curve[-1], "curve": curve,
+        "images": iterations * per_iter, "images_kind": "pair-file images read" if name in OFFLINE else "generated",
+        "base": curve[0], "final": curve[-1], "curve": curve,
         "images_to_plus_0.2": reached,
         "wall_s": round(timings.get("wall", 0.0), 1),
         "train_s": round(sum(timings.get(k, 0.0) for k in ("rollout", "reward", "train")), 1),

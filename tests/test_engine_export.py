@@ -11,7 +11,7 @@ import torch
 from visalign.checkpoint import restore_generator
 from visalign.cli import main
 from visalign.models.loading import load_pipeline
-from visalign.pretrain.build import build_diffusion_pipeline, build_flow_pipeline
+from visalign.pretrain.build import DiffusionSpec, FlowSpec, build_diffusion_pipeline, build_flow_pipeline
 from visalign.rewards.base import Reward
 from visalign.rollout import sample_deterministic
 from visalign.trainer import Trainer
@@ -27,10 +27,16 @@ class Contrast(Reward):
         return {"contrast": images.std(dim=(1, 2, 3))}
 
 
-@pytest.mark.parametrize("family", ["flow", "diffusion"])
-def test_exported_lora_and_merged_reproduce_samples(tmp_path, family):
+@pytest.mark.parametrize("family,prediction", [("flow", "velocity"), ("diffusion", "epsilon"),
+                                               ("flow", "sample"), ("diffusion", "sample")])
+def test_exported_lora_and_merged_reproduce_samples(tmp_path, family, prediction):
+    """Also for x0-predicting ("sample") denoisers: the adapter's kernels and the stock scheduler
+    (DPMSolverMultistepScheduler over flow sigmas / DDIMScheduler) take the same steps."""
     base = tmp_path / "base"
-    pipe = build_flow_pipeline(seed=0) if family == "flow" else build_diffusion_pipeline(seed=0)
+    if family == "flow":
+        pipe = build_flow_pipeline(FlowSpec(prediction=prediction), seed=0)
+    else:
+        pipe = build_diffusion_pipeline(DiffusionSpec(prediction_type=prediction), seed=0)
     pipe.save_pretrained(base)
     (base / "visalign.json").write_text(json.dumps({"sampler": {"max_sequence_length": 0}}))
     from visalign.config import load_train_config

@@ -37,6 +37,22 @@ def test_flow_ode_matches_diffusers_euler_step():
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
+def test_flow_ode_on_converted_x0_matches_diffusers_first_order_flow_dpm_solver():
+    """An x0-predicting flow model: the Euler step on v = (x - x0) / sigma is DPM-Solver++(1) over flow sigmas."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    x, x0, _ = _xv()
+    sched = DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="sample", solver_order=1,
+                                        algorithm_type="dpmsolver++", final_sigmas_type="zero", flow_shift=3.0)
+    sched.set_timesteps(8)
+    for i, t in enumerate(sched.timesteps):
+        expected = sched.step(x0, t, x, return_dict=False)[0]
+        c, cn = sched.sigmas[i].expand(B), sched.sigmas[i + 1].expand(B)
+        v = (x - x0) / c.view(B, 1, 1, 1)
+        got = FlowODE().step(x, v, c, cn, None).x_next
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-6)
+
+
 @pytest.mark.parametrize("kernel_cls", [FlowSDE, FlowCPS])
 def test_zero_noise_level_is_the_ode_step(kernel_cls):
     x, v, z = _xv()
@@ -94,7 +110,7 @@ def test_flow_sde_last_step_is_deterministic_and_not_trainable():
     assert k.trainable(torch.full((B,), 0.5), torch.full((B,), 0.3)).all()
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_ddim_eta_matches_diffusers_and_closed_form_log_prob(prediction_type):
     x, out, z = _xv()
     eta = 1.0

@@ -146,3 +146,50 @@ def test_train_tags_must_be_shapesworld_tags(tmp_path):
     assert {m["tag"] for m in data.items} == {"single_object", "colors"}
     with pytest.raises(UserError, match="single_objekt"):
         load_config(PretrainConfig, None, [*TINY, "train.tags=[single_objekt]"])
+
+
+def test_flow_loss_matches_the_hand_computed_target_with_shifted_logit_normal_sigma(tmp_path):
+    """sigma = sigmoid(m + s n) (SD3's logit-normal), x_t = (1 - sigma) z + sigma eps, target eps - z."""
+    from visalign.pretrain.build import build_flow_pipeline
+    from visalign.pretrain.config import model_spec
+    from visalign.pretrain.loop import denoiser_loss
+
+    overrides = ["family=flow", "flow.logit_mean=1.5", "flow.logit_std=0.5", "flow.qk_norm=rms_norm"]
+    cfg = load_config(PretrainConfig, None, [*TINY, *overrides])
+    pipe = build_flow_pipeline(model_spec(cfg), seed=0)
+    assert pipe.transformer.config.qk_norm == "rms_norm"
+    assert pipe.transformer.transformer_blocks[0].attn.norm_q is not None
+    images = torch.rand(3, 3, 64, 64) * 2 - 1
+    prompts = ["a red circle", "", "a blue star"]
+    loss = denoiser_loss(pipe, "flow", cfg, images, prompts, torch.Generator().manual_seed(7))
+
+    gen = torch.Generator().manual_seed(7)
+    vae = pipe.vae
+    z = (vae.encode(images).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
+    noise = torch.randn(z.shape, generator=gen)
+    n = torch.randn(3, generator=gen)
+    sigma = 1.0 / (1.0 + torch.exp(-(1.5 + 0.5 * n)))
+    s = sigma.view(3, 1, 1, 1)
+    embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=False,
+                                              max_sequence_length=0)  # fmt: skip
+    pred = pipe.transformer(hidden_states=(1 - s) * z + s * noise, timestep=sigma * 1000,
+                            encoder_hidden_states=embeds, pooled_projections=pooled).sample  # fmt: skip
+    assert torch.allclose(loss, ((pred - (noise - z)) ** 2).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_input_adds_noise_relative_to_the_latent_std():
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    from visalign.pretrain.loop import decoder_input
+
+    moments = torch.cat([torch.randn(8, 4, 16, 16) * 3.0 + 1.0, torch.full((8, 4, 16, 16), -30.0)], dim=1)
+    post = DiagonalGaussianDistribution(moments)
+    plain = decoder_input(post, 0.0, torch.Generator().manual_seed(3))
+    assert torch.equal(plain, post.sample(generator=torch.Generator().manual_seed(3)))
+    gen = torch.Generator().manual_seed(3)
+    expected = post.sample(generator=gen)
+    expected = expected + 0.25 * expected.std() * torch.randn(expected.shape, generator=gen)
+    noisy = decoder_input(post, 0.25, torch.Generator().manual_seed(3))
+    assert torch.allclose(noisy, expected)
+    # the added noise is a quarter of the latents' own spread (std 3), whatever their scale
+    assert abs((noisy - plain).std().item() / plain.std().item() - 0.25) < 0.01

@@ -50,7 +50,7 @@ class Noised:
     t_model: torch.Tensor  # [B] the network's time input
     level: torch.Tensor  # [B] sigma (flow) or abar (diffusion), float32
     noise: torch.Tensor  # float32
-    target: torch.Tensor  # float32: eps - x_0 (flow), eps or v (diffusion)
+    target: torch.Tensor  # float32: eps - x_0 (flow, whatever the network predicts), eps, v or x_0 (diffusion)
 
 
 def forward_seed(seed: int, epoch: int, draw: int) -> int:
@@ -110,6 +110,8 @@ def forward_noise(
             target = noise
         elif prediction == "v_prediction":
             target = c.sqrt() * noise - (1 - c).sqrt() * x
+        elif prediction == "sample":
+            target = x
         else:
             raise ValueError(f"forward-process training does not support prediction_type '{prediction}'")
     return Noised(x_t=x_t.to(x0.dtype), t_model=t_model.to(x0.device), level=level, noise=noise, target=target)

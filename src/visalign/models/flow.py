@@ -3,6 +3,13 @@
 
 The network predicts the velocity v ~ eps - x_0 at noise level sigma; its time input is sigma * 1000
 (the scheduler's ``timesteps``). Sigmas come from the pipeline's own scheduler (shift included).
+
+A folder whose scheduler says ``prediction_type: sample`` (``DPMSolverMultistepScheduler`` with
+``use_flow_sigmas``, as the shipped ``shapes-flow`` uses) has a transformer that predicts x_0 instead; the adapter
+turns it into the velocity of the same straight path, v = (x_sigma - x0_hat) / sigma, so every kernel and
+algorithm sees v either way, and the Euler step on that v is the scheduler's own step. That scheduler rounds its
+timesteps to integers: the network sees the rounded time (as in the stock pipeline) and the conversion uses the
+schedule's exact sigma; a time outside any schedule (forward-process training) means sigma = t / 1000.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from visalign.models import lora as lora_utils
 from visalign.models.base import Generator, Schedule
@@ -27,6 +36,8 @@ class FlowGenerator(Generator):
             max_sequence_length = 256  # diffusers' default (zero tokens when there is no T5)
         self.max_sequence_length = max_sequence_length
         self.resolution = resolution
+        self.predicts_sample = pipeline.scheduler.config.get("prediction_type") == "sample"
+        self._sigma_of_time: dict[float, float] = {}  # network time -> exact sigma, from the schedules built
 
     @property
     def denoiser(self):
@@ -44,13 +55,19 @@ class FlowGenerator(Generator):
         return {"embeds": embeds, "pooled": pooled}, None
 
     def _forward(self, net, x, t, cond):
-        return net(
+        out = net(
             hidden_states=x,
             timestep=t.to(x.dtype),
             encoder_hidden_states=cond["embeds"],
             pooled_projections=cond["pooled"],
             return_dict=False,
         )[0]
+        if not self.predicts_sample:
+            return out
+        times = t.float().reshape(-1).tolist()
+        sigma = torch.tensor([self._sigma_of_time.get(ti, ti / 1000.0) for ti in times], device=x.device)
+        sigma = sigma.view(-1, *([1] * (x.dim() - 1)))
+        return ((x.float() - out.float()) / sigma).to(out.dtype)
 
     def decode(self, latents):
         vae = self.pipeline.vae
@@ -77,7 +94,10 @@ class FlowGenerator(Generator):
             )
         scheduler.set_timesteps(num_steps, device="cpu", **kwargs)
         sigmas = scheduler.sigmas.float()
-        return Schedule(t_model=scheduler.timesteps.float(), c=sigmas[:-1].clone(), c_next=sigmas[1:].clone())
+        t_model = scheduler.timesteps.float()
+        if self.predicts_sample:
+            self._sigma_of_time.update(zip(t_model.tolist(), sigmas[:-1].tolist(), strict=True))
+        return Schedule(t_model=t_model, c=sigmas[:-1].clone(), c_next=sigmas[1:].clone())
 
     def make_kernel(self, name: str, noise_level: float, schedule: Schedule) -> Kernel:
         if name not in ("ode", "sde", "cps", "dance"):

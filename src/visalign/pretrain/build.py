@@ -14,11 +14,13 @@ tokens appended to the text context; 0 for our models, 256 is diffusers' default
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    DPMSolverMultistepScheduler,
     FlowMatchEulerDiscreteScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
@@ -80,6 +82,8 @@ class FlowSpec:
     init: str = (
         "default"  # "dit": DiT's init (xavier linears, zero adaLN modulation and output) for pretraining
     )
+    qk_norm: str | None = None  # "rms_norm" as in SD3.5
+    prediction: str = "velocity"  # or "sample" (x0), sampled by a first-order flow DPM-Solver
 
 
 @dataclass
@@ -195,12 +199,13 @@ def build_flow_pipeline(spec: FlowSpec | None = None, seed: int = 0) -> StableDi
         caption_projection_dim=inner,
         pooled_projection_dim=2 * spec.text.projection_dim,
         pos_embed_max_size=spec.vae.latent_size // spec.patch_size,
+        qk_norm=spec.qk_norm,
     )
     if spec.init == "dit":
         dit_init(transformer)
     elif spec.init != "default":
         raise ValueError(f"unknown init {spec.init!r} (default, dit)")
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=spec.shift)
+    scheduler = flow_scheduler(spec.prediction, spec.shift)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=scheduler,
@@ -216,6 +221,24 @@ def build_flow_pipeline(spec: FlowSpec | None = None, seed: int = 0) -> StableDi
     for module in (transformer, vae, text_encoder, text_encoder_2):
         module.eval()
     return pipe
+
+
+def flow_scheduler(prediction: str, shift: float) -> Any:
+    """The flow pipeline's scheduler: Euler on the velocity, or (``prediction="sample"``) first-order DPM-Solver++
+    on the x0 prediction over flow sigmas, which takes the same step: x' = (s'/s) x + (1 - s'/s) x0."""
+    if prediction == "velocity":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    if prediction == "sample":
+        return DPMSolverMultistepScheduler(
+            num_train_timesteps=1000,
+            use_flow_sigmas=True,
+            flow_shift=shift,
+            prediction_type="sample",
+            algorithm_type="dpmsolver++",
+            solver_order=1,
+            final_sigmas_type="zero",
+        )
+    raise ValueError(f"unknown flow prediction {prediction!r} (velocity, sample)")
 
 
 def build_diffusion_pipeline(spec: DiffusionSpec | None = None, seed: int = 0) -> StableDiffusionPipeline:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from visalign.config_io import StrictModel
 from visalign.pretrain.build import DiffusionSpec, FlowSpec, TextSpec, VAESpec
@@ -27,6 +27,10 @@ class VAEConfig(StrictModel):
     lr: float = 1e-3
     warmup: int = 50
     kl_weight: float = 1e-6
+    # The decoder is trained on z + latent_noise * std(z) * N(0, 1) (std over the batch, all channels), so that
+    # what the latent says about a shape stands above a noise floor the denoiser can reach. With 0 (and a tiny
+    # KL weight) shape detail hides in latent differences of ~0.02 std that any denoiser error wipes out.
+    latent_noise: float = Field(default=0.0, ge=0)
     stats_images: int = 1024  # images encoded to set scaling_factor / shift_factor
     init_from: str | None = None  # a pipeline folder whose vae/ is reused (this stage is then skipped)
     # scalar: one shift / scale for all channels (SD3 / SD1.5 convention). channel: per-channel standardisation
@@ -56,6 +60,14 @@ class FlowModelConfig(StrictModel):
     shift: float = 1.0
     init: Literal["default", "dit"] = "default"  # "dit": DiT init (zero adaLN / output projection)
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    # SD3's logit-normal(m, s): sigma = sigmoid(m + s * n); m > 0 spends more updates at high noise
+    logit_mean: float = 0.0
+    logit_std: float = Field(default=1.0, gt=0)
+    qk_norm: Literal["none", "rms_norm"] = "none"  # SD3.5's RMS norm on queries and keys
+    # velocity: the transformer predicts v = eps - x0 (SD3; FlowMatchEulerDiscreteScheduler). sample: it predicts
+    # x0 and the folder's scheduler is DPMSolverMultistepScheduler(use_flow_sigmas, prediction_type="sample",
+    # first order), whose steps are the same Euler steps on the same straight path.
+    prediction: Literal["velocity", "sample"] = "velocity"
 
 
 class DiffusionModelConfig(StrictModel):
@@ -71,7 +83,7 @@ class DiffusionModelConfig(StrictModel):
     beta_end: float = 0.012
     # epsilon: SD1.5's target. v_prediction + rescale_betas_zero_snr (Lin et al. 2023): the training schedule
     # ends at pure noise, where sampling starts; with SD1.5's schedule the last step still holds 6.8% signal.
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"  # sample: the UNet predicts x0
     rescale_betas_zero_snr: bool = False
 
 
@@ -180,6 +192,8 @@ def model_spec(cfg: PretrainConfig) -> FlowSpec | DiffusionSpec:
             head_dim=f.head_dim,
             shift=f.shift,
             init=f.init,
+            qk_norm=None if f.qk_norm == "none" else f.qk_norm,
+            prediction=f.prediction,
         )
     d = cfg.diffusion
     return DiffusionSpec(

@@ -101,6 +101,19 @@ def _torch_gen(seed: int, stage: int, step: int) -> torch.Generator:
 # ----------------------------------------------------------------------------------------------- stage 1: VAE
 
 
+def decoder_input(posterior: Any, latent_noise: float, gen: torch.Generator) -> torch.Tensor:
+    """A posterior sample plus ``latent_noise`` times the batch's latent std of Gaussian noise.
+
+    The std is taken over the whole batch and all channels, the statistic ``scaling_factor`` normalises by,
+    so the decoder learns to tolerate noise of ``latent_noise`` in the denoiser's normalised units; it is
+    recomputed every step, so scaling the latents up does not escape it.
+    """
+    z = posterior.sample(generator=gen)
+    if latent_noise > 0:
+        z = z + latent_noise * z.detach().std() * torch.randn(z.shape, generator=gen)
+    return z
+
+
 def train_vae(cfg: PretrainConfig, run_dir: Path, data: ShapesData, console: Console) -> Any:
     """Train (or resume, or reuse) the autoencoder; return it with scaling/shift factors set."""
     from diffusers import AutoencoderKL
@@ -148,7 +161,7 @@ def train_vae(cfg: PretrainConfig, run_dir: Path, data: ShapesData, console: Con
                 group["lr"] = v.lr * _lr_factor(step, v.warmup)
             x = data.batch("vae", step, v.batch_size).images
             post = vae.encode(x).latent_dist
-            z = post.sample(generator=_torch_gen(cfg.seed, 1, step))
+            z = decoder_input(post, v.latent_noise, _torch_gen(cfg.seed, 1, step))
             y = vae.decode(z).sample
             rec = (y - x).abs().mean() + F.mse_loss(y, x)
             kl = post.kl().mean() / z[0].numel()
@@ -346,18 +359,20 @@ def denoiser_loss(
     noise = torch.randn(z.shape, generator=gen)
     if family == "flow":
         if cfg.flow.timestep_sampling == "logit_normal":
-            sigma = torch.sigmoid(torch.randn(n, generator=gen))
+            sigma = torch.sigmoid(cfg.flow.logit_mean + cfg.flow.logit_std * torch.randn(n, generator=gen))
         else:
             sigma = torch.rand(n, generator=gen)
         s = sigma.view(n, 1, 1, 1)
         x_t = (1 - s) * z + s * noise
         pred = pipe.transformer(hidden_states=x_t, timestep=sigma * 1000, return_dict=False, **cond)[0]
-        return F.mse_loss(pred, noise - z)
+        return F.mse_loss(pred, z if cfg.flow.prediction == "sample" else noise - z)
     t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (n,), generator=gen)
     x_t = pipe.scheduler.add_noise(z, noise, t)
     pred = pipe.unet(x_t, t, return_dict=False, **cond)[0]
     if pipe.scheduler.config.prediction_type == "v_prediction":
         return F.mse_loss(pred, pipe.scheduler.get_velocity(z, noise, t))
+    if pipe.scheduler.config.prediction_type == "sample":
+        return F.mse_loss(pred, z)
     return F.mse_loss(pred, noise)
 
 

@@ -1,9 +1,10 @@
-"""DDIM with eta for epsilon- or v-prediction diffusion models (Song et al., 2021), as used by DDPO
+"""DDIM with eta for epsilon-, v- or x0- ("sample") prediction diffusion models (Song et al., 2021), as used by DDPO
 (Black et al., 2024, "Training Diffusion Models with Reinforcement Learning").
 
 Coordinates: ``c`` = alpha_bar_t, ``c_next`` = alpha_bar of the previous (less noisy) timestep.
 
     x0_hat = (x - sqrt(1 - ab) eps) / sqrt(ab)                 (v-prediction: x0_hat = sqrt(ab) x - sqrt(1 - ab) v)
+                                                               (sample: x0_hat = output, eps = (x - sqrt(ab) x0_hat) / sqrt(1 - ab))
     std    = eta sqrt((1 - ab') / (1 - ab)) sqrt(1 - ab / ab')
     mean   = sqrt(ab') x0_hat + sqrt(1 - ab' - std^2) eps
     x'     = mean + std z,   log p = mean_d log N(x'; mean, std^2)
@@ -24,7 +25,7 @@ class DDIM(Kernel):
 
     def __init__(self, noise_level: float = 1.0, prediction_type: str = "epsilon", clip_sample: float | None = None):
         super().__init__(noise_level)
-        if prediction_type not in ("epsilon", "v_prediction"):
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"DDIM kernel: unsupported prediction_type '{prediction_type}'")
         self.prediction_type = prediction_type
         self.clip_sample = clip_sample
@@ -36,6 +37,9 @@ class DDIM(Kernel):
         if self.prediction_type == "epsilon":
             eps = out
             x0 = (x - torch.sqrt(1 - a) * eps) / torch.sqrt(a)
+        elif self.prediction_type == "sample":
+            x0 = out
+            eps = (x - torch.sqrt(a) * x0) / torch.sqrt(1 - a)
         else:
             x0 = torch.sqrt(a) * x - torch.sqrt(1 - a) * out
             eps = torch.sqrt(a) * out + torch.sqrt(1 - a) * x
