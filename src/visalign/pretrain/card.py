@@ -18,6 +18,8 @@ BAND = (0.30, 0.70)  # the quality band a base model should land in (room for RL
 FINAL_EVAL = "final_eval.json"
 
 
+_PREDICTION_WORDS = {"epsilon": "epsilon-prediction", "v_prediction": "v-prediction", "sample": "x0-prediction"}
+
 def sample_test_split(
     pipe: Any, cfg: PretrainConfig, images_per_prompt: int, seed: int
 ) -> tuple[Any, list[dict[str, Any]]]:
@@ -102,7 +104,8 @@ def write_card(
         (
             "A tiny flow-matching text-to-image model built from Stable Diffusion 3's classes"
             if flow
-            else "A tiny epsilon-prediction diffusion model built from Stable Diffusion 1.5's classes"
+            else f"A tiny {_PREDICTION_WORDS[cfg.diffusion.prediction_type]} diffusion model built from Stable "
+            "Diffusion 1.5's classes"
         )
         + ", pretrained on ShapesWorld and deliberately imperfect: the base model for RL post-training.",
         "",
@@ -196,14 +199,17 @@ def write_card(
         tokens = (latent // f.patch_size) ** 2
         lines.append(
             f"- Transformer: {f.num_layers} joint blocks, width {f.num_heads * f.head_dim} ({f.num_heads} heads x "
-            f"{f.head_dim}), patch {f.patch_size}: {tokens} image tokens + {cfg.text.max_length} text tokens."
+            f"{f.head_dim}), patch {f.patch_size}: {tokens} image tokens + {cfg.text.max_length} text tokens; "
+            + ("predicts x0 (DPMSolverMultistepScheduler over flow sigmas, first order)." if f.prediction == "sample"
+               else "predicts the velocity (FlowMatchEulerDiscreteScheduler).")
         )
     else:
         d = cfg.diffusion
         lines.append(
             f"- UNet: channels {d.block_out_channels}, cross-attention at levels {d.cross_attention_levels}, "
             f"{d.layers_per_block} layer(s) per block; DDPM schedule {d.beta_schedule} "
-            f"[{d.beta_start}, {d.beta_end}], epsilon prediction."
+            f"[{d.beta_start}, {d.beta_end}], {_PREDICTION_WORDS[d.prediction_type]}"
+            + (", zero terminal SNR." if d.rescale_betas_zero_snr else ".")
         )
     t = cfg.text
     towers = "two CLIP text towers" if flow else "a CLIP text tower"
@@ -223,7 +229,9 @@ def write_card(
         "",
         "| stage | steps | batch | lr | wall time |",
         "|---|---|---|---|---|",
-        f"| 1: VAE (L1 + MSE + {v.kl_weight} KL) | {vae_report.get('steps', '-')} | {v.batch_size} | {v.lr} | "
+        f"| 1: VAE (L1 + MSE + {v.kl_weight} KL"
+        + (f"; decoder on latents + {v.latent_noise} x std noise" if v.latent_noise else "")
+        + f") | {vae_report.get('steps', '-')} | {v.batch_size} | {v.lr} | "
         f"{vae_report.get('wall_s', 0) / 60:.1f} min |",
         f"| 2: {denoiser}{' + text encoders' if t.train else ''} | {info['training']['denoiser_steps']} | "
         f"{cfg.train.batch_size} | {cfg.train.lr} | {info['training']['denoiser_wall_s'] / 60:.1f} min |",
