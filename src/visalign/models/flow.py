@@ -5,7 +5,7 @@ The network predicts the velocity v ~ eps - x_0 at noise level sigma; its time i
 (the scheduler's ``timesteps``). Sigmas come from the pipeline's own scheduler (shift included).
 
 A folder whose scheduler says ``prediction_type: sample`` (``DPMSolverMultistepScheduler`` with
-``use_flow_sigmas``, as the shipped ``shapes-flow`` uses) has a transformer that predicts x_0 instead; the adapter
+``use_flow_sigmas``, what ``flow.prediction: sample`` pretraining exports) has a transformer that predicts x_0 instead; the adapter
 turns it into the velocity of the same straight path, v = (x_sigma - x0_hat) / sigma, so every kernel and
 algorithm sees v either way, and the Euler step on that v is the scheduler's own step. That scheduler rounds its
 timesteps to integers: the network sees the rounded time (as in the stock pipeline) and the conversion uses the

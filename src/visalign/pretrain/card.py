@@ -20,6 +20,7 @@ FINAL_EVAL = "final_eval.json"
 
 _PREDICTION_WORDS = {"epsilon": "epsilon-prediction", "v_prediction": "v-prediction", "sample": "x0-prediction"}
 
+
 def sample_test_split(
     pipe: Any, cfg: PretrainConfig, images_per_prompt: int, seed: int
 ) -> tuple[Any, list[dict[str, Any]]]:

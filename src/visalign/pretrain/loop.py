@@ -349,7 +349,8 @@ def denoiser_loss(
     prompts: list[str],
     gen: torch.Generator,
 ) -> torch.Tensor:
-    """Flow matching (v = eps - x0 at sigma), or the scheduler's epsilon / v target, on images in [-1, 1]."""
+    """The target the pipeline's scheduler declares (flow: v = eps - x0 or x0; diffusion: eps, v or x0), on images
+    in [-1, 1]."""
     vae = pipe.vae
     with torch.no_grad():
         z = vae.encode(images).latent_dist.mode()
@@ -365,7 +366,8 @@ def denoiser_loss(
         s = sigma.view(n, 1, 1, 1)
         x_t = (1 - s) * z + s * noise
         pred = pipe.transformer(hidden_states=x_t, timestep=sigma * 1000, return_dict=False, **cond)[0]
-        return F.mse_loss(pred, z if cfg.flow.prediction == "sample" else noise - z)
+        predicts_sample = pipe.scheduler.config.get("prediction_type") == "sample"  # as the RL adapter reads it
+        return F.mse_loss(pred, z if predicts_sample else noise - z)
     t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (n,), generator=gen)
     x_t = pipe.scheduler.add_noise(z, noise, t)
     pred = pipe.unet(x_t, t, return_dict=False, **cond)[0]
