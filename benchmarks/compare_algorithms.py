@@ -169,10 +169,13 @@ def write_docs(results: dict[str, dict[str, Any]], args: argparse.Namespace, not
     ]
     for name, r in results.items():
         b, f = r["base"], r["final"]
+        gain = round(f["strict"] - b["strict"], 3) + 0.0  # + 0.0: no "-0.000" for a tie
+        kind = "" if r.get("images_kind", "generated") == "generated" else " (pair-file images)"
         lines.append(
             f"| `{name}` | {r['family']} | {r['model']} | {_fmt(b['strict'])} -> **{_fmt(f['strict'])}** "
-            f"({f['strict'] - b['strict']:+.3f}) | {_fmt(b['soft'])} -> {_fmt(f['soft'])} | "
-            f"{_fmt(b['rm'])} -> {_fmt(f['rm'])} | {r['images_to_plus_0.2'] or 'not reached'} | {r['wall_s']:.0f} |"
+            f"({gain:+.3f}) | {_fmt(b['soft'])} -> {_fmt(f['soft'])} | "
+            f"{_fmt(b['rm'])} -> {_fmt(f['rm'])} | {r['images_to_plus_0.2'] or 'not reached'}{kind} | "
+            f"{r['wall_s']:.0f} |"
         )
     table = "\n".join(lines)
     marker = "<!-- compare_algorithms:table -->"

@@ -176,6 +176,23 @@ def test_flow_loss_matches_the_hand_computed_target_with_shifted_logit_normal_si
                             encoder_hidden_states=embeds, pooled_projections=pooled).sample  # fmt: skip
     assert torch.allclose(loss, ((pred - (noise - z)) ** 2).mean(), rtol=1e-5, atol=1e-6)
 
+    # with a teacher, its x0 replaces the data where it is valid: v target (x_t - x0_hat) / sigma there
+    class StubTeacher:
+        def __init__(self):
+            self.x0_hat = torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
+            self.valid = torch.tensor([True, False, True])
+
+        def x0(self, x_t, sigma_in, prompts_in):
+            assert torch.allclose(sigma_in, sigma) and prompts_in == prompts
+            return self.x0_hat, self.valid
+
+    teacher = StubTeacher()
+    loss_t = denoiser_loss(pipe, "flow", cfg, images, prompts, torch.Generator().manual_seed(7), teacher)
+    x_t = (1 - s) * z + s * noise
+    target = (x_t - teacher.x0_hat) / s
+    target[1] = noise[1] - z[1]  # the row outside the teacher's schedule keeps the data target
+    assert torch.allclose(loss_t, ((pred - target) ** 2).mean(), rtol=1e-5, atol=1e-6)
+
 
 def test_decoder_input_adds_noise_relative_to_the_latent_std():
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution

@@ -33,7 +33,9 @@ the step weights w_t, or the ratio):
   ``dance``, ``share_initial_noise``, and a random fraction of the steps (``sampling.timestep_fraction``).
 * ``step_weighting="noise_aware"`` — TempFlow-GRPO's noise-aware weighting: w_t proportional to the step's std s_t
   (more weight where the step explores more); ``"inverse_dt"`` — GRPO-Guard's gradient reweighting w_t ~ 1 / |dt|.
-  Both are normalised to mean 1 over the schedule's trainable steps (a constant that Adam absorbs anyway).
+  ``"output_normalized"`` — w_t ~ s_t / |d mean_t / d output|, every step the same log-prob change per unit of
+  network output (``_policy_gradient.raw_step_weights``). All are normalised to mean 1 over the schedule's
+  trainable steps (a constant that Adam absorbs anyway).
 * ``ratio_norm="grpo_guard"`` — GRPO-Guard's RatioNorm (Wang et al., 2025, "GRPO-Guard: Mitigating Implicit
   Over-Optimization in Flow Matching via Regulated Clipping", arXiv:2510.22319): rho_t is replaced by
   exp((log rho_t + b_t) s_t), b_t = mean_d (mu_theta - mu_old)^2 / (2 s_t^2) (see ``_policy_gradient``).
@@ -48,7 +50,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from visalign.algorithms._policy_gradient import clipped_pg_loss, raw_step_weights, step_weight_norm
+from visalign.algorithms._policy_gradient import StepWeighting, StepWeights, clipped_pg_loss
 from visalign.algorithms.base import Algorithm, register_algorithm
 from visalign.config_io import StrictModel
 from visalign.rollout import sample_seed
@@ -74,7 +76,7 @@ class FlowGRPO(Algorithm):
         window_end: Literal["wrap", "stop"] = "wrap"
         share_initial_noise: bool = False  # every member of a group starts from the same noise
         ode_solver: Literal["euler", "dpm2m"] = "euler"  # the deterministic sampler outside the SDE window
-        step_weighting: Literal["none", "noise_aware", "inverse_dt"] = "none"
+        step_weighting: StepWeighting = "none"
         ratio_norm: Literal["none", "grpo_guard"] = "none"
 
         @model_validator(mode="after")
@@ -88,14 +90,13 @@ class FlowGRPO(Algorithm):
         super().__init__(options)
         # GRPO-Guard's ratio needs the rollout's step means (the trainer stores them for "means")
         self.extra_needs = ("means",) if options.ratio_norm == "grpo_guard" else ()
-        self._weight_norm: float | None = None
+        self.step_weights = StepWeights(options.step_weighting)
         self._ode_kernel = None
 
     def bind(self, **context: Any) -> None:
         super().bind(**context)
         o = self.options
-        if o.step_weighting != "none":
-            self._weight_norm = step_weight_norm(o.step_weighting, context["kernel"], context["schedule"])
+        self.step_weights.bind(context["kernel"], context["schedule"])
         if o.ode_solver != "euler":
             from visalign.sampling import build_kernel
 
@@ -140,14 +141,6 @@ class FlowGRPO(Algorithm):
         return out
 
     # ---- loss ----------------------------------------------------------------------------------------------
-    def step_weights(self, batch) -> torch.Tensor | None:
-        kind = self.options.step_weighting
-        if kind == "none":
-            return None
-        if self._weight_norm is None:
-            raise RuntimeError(f"step_weighting='{kind}' needs bind(schedule=..., kernel=...) before loss()")
-        return raw_step_weights(kind, batch.kernel, batch.c, batch.c_next) / self._weight_norm
-
     def loss(self, batch, generator):
         o = self.options
         return clipped_pg_loss(batch, generator, o.clip_range, o.kl_beta, step_weights=self.step_weights(batch),
@@ -195,7 +188,7 @@ class TempFlowGRPO(FlowGRPO):
         sde_schedule: Literal["all", "branch", "sliding"] = "branch"
         sde_steps: int = Field(1, ge=1)
         share_initial_noise: bool = True
-        step_weighting: Literal["none", "noise_aware", "inverse_dt"] = "noise_aware"
+        step_weighting: StepWeighting = "noise_aware"
 
 
 @register_algorithm("grpo_guard")
@@ -204,4 +197,4 @@ class GRPOGuard(FlowGRPO):
 
     class Options(FlowGRPO.Options):
         ratio_norm: Literal["none", "grpo_guard"] = "grpo_guard"
-        step_weighting: Literal["none", "noise_aware", "inverse_dt"] = "inverse_dt"
+        step_weighting: StepWeighting = "inverse_dt"

@@ -248,6 +248,13 @@ def write_card(
         f"Wall times are on a 2-core x86 CPU shared with other jobs, {cfg.threads} torch thread(s).",
         "",
     ]
+    if flow and cfg.flow.teacher:
+        lines += [
+            f"Distilled: the clean latent in the target is the x0 estimate of the diffusion model "
+            f"`{cfg.flow.teacher}` at the same noise-to-signal ratio (`pretrain/teacher.py`), not the data sample, "
+            "wherever the teacher's schedule reaches sigma; the data elsewhere.",
+            "",
+        ]
     if vae_report:
         if vae_report.get("init_from"):
             lines += [

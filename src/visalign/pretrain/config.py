@@ -32,7 +32,7 @@ class VAEConfig(StrictModel):
     # KL weight) shape detail hides in latent differences of ~0.02 std that any denoiser error wipes out.
     latent_noise: float = Field(default=0.0, ge=0)
     stats_images: int = 1024  # images encoded to set scaling_factor / shift_factor
-    init_from: str | None = None  # a pipeline folder whose vae/ is reused (this stage is then skipped)
+    init_from: str | None = None  # a pipeline folder or shipped alias whose vae/ is reused (stage skipped)
     # scalar: one shift / scale for all channels (SD3 / SD1.5 convention). channel: per-channel standardisation
     # folded into quant_conv / post_quant_conv first (pretrain/latent_norm.py), then the scalar factors.
     latent_norm: Literal["scalar", "channel"] = "scalar"
@@ -68,6 +68,9 @@ class FlowModelConfig(StrictModel):
     # x0 and the folder's scheduler is DPMSolverMultistepScheduler(use_flow_sigmas, prediction_type="sample",
     # first order), whose steps are the same Euler steps on the same straight path.
     prediction: Literal["velocity", "sample"] = "velocity"
+    # a diffusion pipeline (alias or folder) on the same autoencoder whose x0 estimate replaces the data in the
+    # target (denoiser distillation, pretrain/teacher.py); null: plain flow matching on the data
+    teacher: str | None = None
 
 
 class DiffusionModelConfig(StrictModel):

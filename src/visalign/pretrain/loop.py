@@ -69,6 +69,7 @@ from visalign.pretrain.data import ShapesData
 from visalign.pretrain.export import save_pipeline
 from visalign.pretrain.generate import generate, image_seed, pipeline_kwargs
 from visalign.pretrain.latent_norm import fold_channel_normalization
+from visalign.pretrain.teacher import DiffusionTeacher
 
 
 def _progress(console: Console) -> Progress:
@@ -123,7 +124,9 @@ def train_vae(cfg: PretrainConfig, run_dir: Path, data: ShapesData, console: Con
         console.print(f"stage 1 (vae): reusing {out}")
         return AutoencoderKL.from_pretrained(out)
     if cfg.vae.init_from:
-        src = Path(cfg.vae.init_from)
+        from visalign.models.loading import resolve_model_path
+
+        src = resolve_model_path(cfg.vae.init_from)  # a shipped alias or a folder
         src = src / "vae" if (src / "vae" / "config.json").is_file() else src
         vae = AutoencoderKL.from_pretrained(src)
         vae.eval()
@@ -348,9 +351,11 @@ def denoiser_loss(
     images: torch.Tensor,
     prompts: list[str],
     gen: torch.Generator,
+    teacher: DiffusionTeacher | None = None,
 ) -> torch.Tensor:
     """The target the pipeline's scheduler declares (flow: v = eps - x0 or x0; diffusion: eps, v or x0), on images
-    in [-1, 1]."""
+    in [-1, 1]. With a ``teacher`` (flow only) the clean latent in the target is the teacher's estimate
+    E[x0 | x_t] wherever its schedule reaches sigma (``pretrain/teacher.py``), so v = (x_t - x0_hat) / sigma."""
     vae = pipe.vae
     with torch.no_grad():
         z = vae.encode(images).latent_dist.mode()
@@ -367,7 +372,13 @@ def denoiser_loss(
         x_t = (1 - s) * z + s * noise
         pred = pipe.transformer(hidden_states=x_t, timestep=sigma * 1000, return_dict=False, **cond)[0]
         predicts_sample = pipe.scheduler.config.get("prediction_type") == "sample"  # as the RL adapter reads it
-        return F.mse_loss(pred, z if predicts_sample else noise - z)
+        if teacher is None:
+            return F.mse_loss(pred, z if predicts_sample else noise - z)
+        x0_hat, valid = teacher.x0(x_t, sigma, prompts)
+        rows = valid.view(n, 1, 1, 1)
+        if predicts_sample:
+            return F.mse_loss(pred, torch.where(rows, x0_hat, z))
+        return F.mse_loss(pred, torch.where(rows, (x_t - x0_hat) / s, noise - z))
     t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (n,), generator=gen)
     x_t = pipe.scheduler.add_noise(z, noise, t)
     pred = pipe.unet(x_t, t, return_dict=False, **cond)[0]
@@ -441,6 +452,14 @@ def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: An
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
+    teacher = None
+    if family == "flow" and cfg.flow.teacher:
+        from visalign.models.loading import load_pipeline
+
+        teacher_family, teacher_pipe = load_pipeline(cfg.flow.teacher)
+        if teacher_family != "diffusion":
+            raise UserError(f"flow.teacher={cfg.flow.teacher}: a diffusion (UNet) pipeline is needed, got {teacher_family}")
+        teacher = DiffusionTeacher(teacher_pipe, pipe.vae, cfg.flow.teacher)
     trainables = _trainables(pipe, family, cfg)
     params = [p for m in trainables.values() for p in m.parameters()]
     for p in params:
@@ -504,7 +523,7 @@ def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: An
                 group["lr"] = t.lr * _lr_factor(step, t.warmup, t.steps, t.decay_steps)
             batch = data.batch("denoiser", step, t.batch_size, prompt_dropout=t.prompt_dropout)
             loss = denoiser_loss(
-                pipe, family, cfg, batch.images, batch.prompts, _torch_gen(cfg.seed, 2, step)
+                pipe, family, cfg, batch.images, batch.prompts, _torch_gen(cfg.seed, 2, step), teacher
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()
