@@ -216,3 +216,14 @@ def test_lora_initialisation_is_seeded_by_the_run(tmp_path):
         states.append(Trainer(cfg, pipeline=("flow", pipe), rewards=[(Brightness(), 1.0)]).generator
                       .trainable_state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_balance_by_tag_repeats_each_tag_to_the_largest_count():
+    from visalign.trainer import balance_by_tag
+
+    items = [{"prompt": f"a{i}", "tag": "a"} for i in range(5)] + [{"prompt": "b0", "tag": "b"},
+                                                                   {"prompt": "b1", "tag": "b"}]
+    out = balance_by_tag(items)
+    assert [m["prompt"] for m in out] == ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "b0", "b1", "b0"]
+    untagged = [{"prompt": "x"}, {"prompt": "y"}]
+    assert balance_by_tag(untagged) == untagged

@@ -168,7 +168,7 @@ def restore_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
     """Rebuild a run's generator from ``RUN_DIR/config.yaml`` and load a checkpoint's trained weights."""
     from visalign.config import load_train_config
     from visalign.models.loading import load_pipeline, sampler_defaults
-    from visalign.trainer import load_prompts, make_generator, resolve_model, run_fingerprint
+    from visalign.trainer import make_generator, resolve_model, run_fingerprint, train_prompts
 
     run_dir = Path(run_dir)
     cfg = load_train_config(run_dir / "config.yaml")
@@ -178,7 +178,7 @@ def restore_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
     path = Path(checkpoint) if checkpoint is not None else resolve_resume(run_dir, "auto")
     if path is None:
         raise UserError(f"{run_dir}: no checkpoint to export (checkpoints/ is empty)")
-    fingerprint = run_fingerprint(cfg, family, generator, len(load_prompts(cfg.data.train)))
+    fingerprint = run_fingerprint(cfg, family, generator, len(train_prompts(cfg)))
     state = load_checkpoint(path, fingerprint)
     weights = state["model"]
     if use_ema:

@@ -67,6 +67,9 @@ class DataConfig(StrictModel):
     test: str = "test"
     prompts_per_iter: int = Field(8, ge=1)  # global number of prompts (groups) per iteration
     group_size: int = Field(4, ge=2)  # G images per prompt
+    # repeat each "tag"'s prompts up to the largest tag's count, so that every tag is drawn equally often (the
+    # ShapesWorld train split is 30% text and 30% color_attr; its test split has 10 prompts per tag)
+    balance_tags: bool = False
 
 
 class EMAConfig(StrictModel):

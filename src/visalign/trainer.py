@@ -67,6 +67,21 @@ def load_prompts(source: str) -> list[dict[str, Any]]:
     return [{"prompt": p} for p in prompts]
 
 
+def balance_by_tag(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each tag's items repeated in order up to the largest tag's count (items without a tag form one group)."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for item in items:
+        groups.setdefault(item.get("tag"), []).append(item)
+    top = max(len(g) for g in groups.values())
+    return [g[i % len(g)] for g in groups.values() for i in range(top)]
+
+
+def train_prompts(cfg: Config) -> list[dict[str, Any]]:
+    """The run's training prompts: ``data.train``, tag-balanced when ``data.balance_tags``."""
+    items = load_prompts(cfg.data.train)
+    return balance_by_tag(items) if cfg.data.balance_tags else items
+
+
 class PromptStream:
     """Endless shuffled pass over the prompts; the permutation of epoch e is seeded by (seed, e)."""
 
@@ -251,7 +266,7 @@ class Trainer:
                             samples_per_iter=cfg.data.prompts_per_iter * cfg.data.group_size)
 
         # data
-        self.train_items = load_prompts(cfg.data.train)
+        self.train_items = train_prompts(cfg)
         self.test_items = load_prompts(cfg.data.test) if cfg.eval.enabled else []
         self.stream = PromptStream(len(self.train_items), cfg.seed)
 
