@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from visalign.config_io import StrictModel
 from visalign.pretrain.build import DiffusionSpec, FlowSpec, TextSpec, VAESpec
@@ -71,6 +71,16 @@ class FlowModelConfig(StrictModel):
     # a diffusion pipeline (alias or folder) on the same autoencoder whose x0 estimate replaces the data in the
     # target (denoiser distillation, pretrain/teacher.py); null: plain flow matching on the data
     teacher: str | None = None
+    # reflow (pretrain/reflow.py): > 0 trains on this many (noise, teacher DDIM sample) pairs instead of rendered
+    # scenes; needs ``teacher``. The teacher's sampler takes ``reflow_teacher_steps`` DDIM steps per pair.
+    reflow_pairs: int = Field(default=0, ge=0)
+    reflow_teacher_steps: int = Field(default=20, ge=1)
+
+    @model_validator(mode="after")
+    def _reflow_needs_teacher(self) -> FlowModelConfig:
+        if self.reflow_pairs and not self.teacher:
+            raise ValueError("flow.reflow_pairs needs flow.teacher (the diffusion pipeline that samples the pairs)")
+        return self
 
 
 class DiffusionModelConfig(StrictModel):

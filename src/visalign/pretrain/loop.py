@@ -69,6 +69,7 @@ from visalign.pretrain.data import ShapesData
 from visalign.pretrain.export import save_pipeline
 from visalign.pretrain.generate import generate, image_seed, pipeline_kwargs
 from visalign.pretrain.latent_norm import fold_channel_normalization
+from visalign.pretrain.reflow import ReflowPairs, load_or_generate_pairs
 from visalign.pretrain.teacher import DiffusionTeacher
 
 
@@ -348,21 +349,27 @@ def denoiser_loss(
     pipe: Any,
     family: str,
     cfg: PretrainConfig,
-    images: torch.Tensor,
+    images: torch.Tensor | None,
     prompts: list[str],
     gen: torch.Generator,
     teacher: DiffusionTeacher | None = None,
+    pair: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The target the pipeline's scheduler declares (flow: v = eps - x0 or x0; diffusion: eps, v or x0), on images
     in [-1, 1]. With a ``teacher`` (flow only) the clean latent in the target is the teacher's estimate
-    E[x0 | x_t] wherever its schedule reaches sigma (``pretrain/teacher.py``), so v = (x_t - x0_hat) / sigma."""
+    E[x0 | x_t] wherever its schedule reaches sigma (``pretrain/teacher.py``), so v = (x_t - x0_hat) / sigma.
+    With a reflow ``pair`` (normalised latents, the noise they were sampled from) ``images`` is unused and the
+    path runs between the two (``pretrain/reflow.py``)."""
     vae = pipe.vae
-    with torch.no_grad():
-        z = vae.encode(images).latent_dist.mode()
-        z = (z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+    if pair is not None:  # reflow: the teacher's latents and the noise they came from (pretrain/reflow.py)
+        z, noise = pair
+    else:
+        with torch.no_grad():
+            z = vae.encode(images).latent_dist.mode()
+            z = (z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+        noise = torch.randn(z.shape, generator=gen)
     cond = _encode_text(pipe, family, prompts)
     n = z.shape[0]
-    noise = torch.randn(z.shape, generator=gen)
     if family == "flow":
         if cfg.flow.timestep_sampling == "logit_normal":
             sigma = torch.sigmoid(cfg.flow.logit_mean + cfg.flow.logit_std * torch.randn(n, generator=gen))
@@ -372,7 +379,7 @@ def denoiser_loss(
         x_t = (1 - s) * z + s * noise
         pred = pipe.transformer(hidden_states=x_t, timestep=sigma * 1000, return_dict=False, **cond)[0]
         predicts_sample = pipe.scheduler.config.get("prediction_type") == "sample"  # as the RL adapter reads it
-        if teacher is None:
+        if teacher is None or pair is not None:
             return F.mse_loss(pred, z if predicts_sample else noise - z)
         x0_hat, valid = teacher.x0(x_t, sigma, prompts)
         rows = valid.view(n, 1, 1, 1)
@@ -438,6 +445,24 @@ def save_grid(pipe: Any, cfg: PretrainConfig, path: Path, n_prompts: int, per_pr
     path.with_suffix(".txt").write_text("".join(m["prompt"] + "\n" for m in pick))
 
 
+def _reflow_pairs(
+    cfg: PretrainConfig, run_dir: Path, data: ShapesData, pipe: Any, teacher: DiffusionTeacher, console: Console
+) -> ReflowPairs:
+    """Stage 2a (reflow): the teacher's (noise, sample) pairs, generated once, cached under ``run_dir/reflow``."""
+    down = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    side = cfg.image_size // down
+    shape = (pipe.vae.config.latent_channels, side, side)
+    n, chunk = cfg.flow.reflow_pairs, 64
+    console.print(f"stage 2a (reflow): {n} teacher samples ({cfg.flow.reflow_teacher_steps} DDIM steps each)")
+    with _progress(console) as progress:
+        task = progress.add_task("reflow pairs", total=-(-n // chunk), info="")
+        pairs = load_or_generate_pairs(
+            teacher, data.items, shape, n, cfg.flow.reflow_teacher_steps, chunk, cfg.seed, run_dir / "reflow",
+            on_chunk=lambda done, total: progress.update(task, completed=done),
+        )
+    return pairs
+
+
 def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: Any, console: Console) -> Any:
     """Stage 2. Returns the pipeline holding the EMA weights."""
     family = cfg.family
@@ -460,6 +485,9 @@ def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: An
         if teacher_family != "diffusion":
             raise UserError(f"flow.teacher={cfg.flow.teacher}: a diffusion (UNet) pipeline is needed, got {teacher_family}")
         teacher = DiffusionTeacher(teacher_pipe, pipe.vae, cfg.flow.teacher)
+    pairs = None
+    if teacher is not None and cfg.flow.reflow_pairs:
+        pairs = _reflow_pairs(cfg, run_dir, data, pipe, teacher, console)
     trainables = _trainables(pipe, family, cfg)
     params = [p for m in trainables.values() for p in m.parameters()]
     for p in params:
@@ -521,10 +549,13 @@ def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: An
         for step in range(start, t.steps):
             for group in opt.param_groups:
                 group["lr"] = t.lr * _lr_factor(step, t.warmup, t.steps, t.decay_steps)
-            batch = data.batch("denoiser", step, t.batch_size, prompt_dropout=t.prompt_dropout)
-            loss = denoiser_loss(
-                pipe, family, cfg, batch.images, batch.prompts, _torch_gen(cfg.seed, 2, step), teacher
-            )
+            gen = _torch_gen(cfg.seed, 2, step)
+            if pairs is not None:
+                z, noise, prompts = pairs.batch(cfg.seed, step, t.batch_size, t.prompt_dropout)
+                loss = denoiser_loss(pipe, family, cfg, None, prompts, gen, teacher, pair=(z, noise))
+            else:
+                batch = data.batch("denoiser", step, t.batch_size, prompt_dropout=t.prompt_dropout)
+                loss = denoiser_loss(pipe, family, cfg, batch.images, batch.prompts, gen, teacher)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
