@@ -10,12 +10,10 @@ from visalign.config_io import load_config
 from visalign.errors import UserError
 from visalign.pretrain.build import DiffusionSpec, build_diffusion_pipeline, build_flow_pipeline
 from visalign.pretrain.config import PretrainConfig, model_spec
+from visalign.pretrain.data import ShapesData
 from visalign.pretrain.loop import denoiser_loss
 from visalign.pretrain.reflow import load_or_generate_pairs, teacher_latents
 from visalign.pretrain.teacher import DiffusionTeacher
-
-ITEMS = [{"prompt": "a red circle", "tag": "single_object"}, {"prompt": "two blue stars", "tag": "counting"},
-         {"prompt": "a green square", "tag": "single_object"}]  # fmt: skip
 
 
 def _teacher() -> DiffusionTeacher:
@@ -44,24 +42,26 @@ def test_teacher_samples_decode_to_the_same_raw_latent_in_both_normalisations():
 def test_pairs_are_cached_resumable_and_a_function_of_the_seed(tmp_path):
     teacher = _teacher()
     shape = _latent_shape(teacher)
-    a = load_or_generate_pairs(teacher, ITEMS, shape, 10, 2, 4, seed=3, out_dir=tmp_path / "a")
+    data = ShapesData(seed=3, tags=["single_object", "counting"])
+    a = load_or_generate_pairs(teacher, data, shape, 10, 2, 4, out_dir=tmp_path / "a")
     assert len(a) == 10 and a.noise.shape == (10, *shape) == a.latents.shape
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
         "chunk-00000.pt",
         "chunk-00001.pt",
         "chunk-00002.pt",
     ]
-    assert set(a.prompts) <= {m["prompt"] for m in ITEMS}
+    assert set(a.prompts) <= {m["prompt"] for m in data.items}
     (tmp_path / "a" / "chunk-00001.pt").unlink()  # a run killed before chunk 1 was written
-    resumed = load_or_generate_pairs(teacher, ITEMS, shape, 10, 2, 4, seed=3, out_dir=tmp_path / "a")
-    fresh = load_or_generate_pairs(teacher, ITEMS, shape, 10, 2, 4, seed=3, out_dir=tmp_path / "b")
+    resumed = load_or_generate_pairs(teacher, data, shape, 10, 2, 4, out_dir=tmp_path / "a")
+    fresh = load_or_generate_pairs(teacher, data, shape, 10, 2, 4, out_dir=tmp_path / "b")
     for other in (resumed, fresh):
         assert torch.equal(other.noise, a.noise) and torch.equal(other.latents, a.latents)
         assert other.prompts == a.prompts
-    other_seed = load_or_generate_pairs(teacher, ITEMS, shape, 10, 2, 4, seed=4, out_dir=tmp_path / "c")
-    assert not torch.equal(other_seed.noise, a.noise)
+    other_data = ShapesData(seed=4, tags=["single_object", "counting"])
+    other_seed = load_or_generate_pairs(teacher, other_data, shape, 10, 2, 4, out_dir=tmp_path / "c")
+    assert not torch.equal(other_seed.noise, a.noise) and other_seed.prompts != a.prompts
     with pytest.raises(UserError, match="chunk-00000.pt"):  # other teacher steps: never mixed into the cache
-        load_or_generate_pairs(teacher, ITEMS, shape, 10, 5, 4, seed=3, out_dir=tmp_path / "a")
+        load_or_generate_pairs(teacher, data, shape, 10, 5, 4, out_dir=tmp_path / "a")
 
     z1, n1, p1 = a.batch(0, 7, 5, prompt_dropout=0.5)
     z2, n2, p2 = a.batch(0, 7, 5, prompt_dropout=0.5)

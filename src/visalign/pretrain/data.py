@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-STAGE_IDS = {"vae": 1, "denoiser": 2, "stats": 3}
+STAGE_IDS = {"vae": 1, "denoiser": 2, "stats": 3, "reflow": 4}
 
 
 @dataclass
@@ -49,19 +49,24 @@ class ShapesData:
     def rng(self, stage: str, step: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, STAGE_IDS[stage], step])
 
-    def batch(self, stage: str, step: int, size: int, prompt_dropout: float = 0.0) -> Batch:
-        from visalign.worlds.shapes.render import render_scene
-
-        rng = self.rng(stage, step)
+    def draw(self, rng: np.random.Generator, size: int) -> list[dict]:
+        """``size`` train items: a uniform tag, then a uniform item of that tag (or uniform items when not
+        tag-balanced)."""
         if self.tag_balanced:
             tags = list(self.by_tag)
             picks = [self.by_tag[tags[rng.integers(len(tags))]] for _ in range(size)]
             index = [p[rng.integers(len(p))] for p in picks]
         else:
             index = list(rng.integers(len(self.items), size=size))
+        return [self.items[i] for i in index]
+
+    def batch(self, stage: str, step: int, size: int, prompt_dropout: float = 0.0) -> Batch:
+        from visalign.worlds.shapes.render import render_scene
+
+        rng = self.rng(stage, step)
+        metadata = self.draw(rng, size)
         scene_seeds = rng.integers(2**31 - 1, size=size)
         drop = rng.random(size) < prompt_dropout
-        metadata = [self.items[i] for i in index]
         images = np.stack(
             [
                 render_scene(m, int(s), size=self.image_size)

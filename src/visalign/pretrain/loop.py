@@ -457,7 +457,7 @@ def _reflow_pairs(
     with _progress(console) as progress:
         task = progress.add_task("reflow pairs", total=-(-n // chunk), info="")
         pairs = load_or_generate_pairs(
-            teacher, data.items, shape, n, cfg.flow.reflow_teacher_steps, chunk, cfg.seed, run_dir / "reflow",
+            teacher, data, shape, n, cfg.flow.reflow_teacher_steps, chunk, run_dir / "reflow",
             on_chunk=lambda done, total: progress.update(task, completed=done),
         )
     return pairs

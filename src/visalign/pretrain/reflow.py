@@ -9,6 +9,7 @@ draw noise ``eps``, let the teacher's deterministic sampler (DDIM, eta 0) map it
 With independent (noise, data) pairs the regression target at mid noise is an average over every scene
 consistent with x_t, which a tiny transformer turns into fragments; with the teacher's coupling each x_t lies
 on one known path, so the target is one crisp scene. The student learns the teacher's samples, not the data.
+(On ShapesWorld the tiny SD3 transformer underfits that map: docs/models.md.)
 
 The two models share one autoencoder but normalise its latents differently; ``DiffusionTeacher`` holds the
 map (teacher latent ``z_T = a z_F + b``), and the teacher starts from the same standard normal tensor the
@@ -26,9 +27,10 @@ import torch
 
 from visalign.errors import UserError
 from visalign.pretrain.checkpoint import load_checkpoint, save_checkpoint
+from visalign.pretrain.data import STAGE_IDS, ShapesData
 from visalign.pretrain.teacher import DiffusionTeacher
 
-REFLOW_STAGE = 4  # seeds chunk k with (seed, 4, k), apart from the other stages' streams
+REFLOW_STAGE = STAGE_IDS["reflow"]  # chunk k and batch step are seeded apart from the other stages' streams
 
 
 class ReflowPairs:
@@ -52,20 +54,6 @@ class ReflowPairs:
         return self.latents[idx], self.noise[idx], prompts
 
 
-def _chunk_prompts(items: list[dict], seed: int, chunk: int, size: int) -> list[str]:
-    """Tag-balanced prompts of chunk ``chunk``: a uniform tag, then a uniform prompt of that tag."""
-    by_tag: dict[str, list[str]] = {}
-    for m in items:
-        by_tag.setdefault(m["tag"], []).append(m["prompt"])
-    tags = sorted(by_tag)
-    rng = np.random.default_rng([seed, REFLOW_STAGE, 1_000_000 + chunk])
-    out = []
-    for _ in range(size):
-        pool = by_tag[tags[rng.integers(len(tags))]]
-        out.append(pool[rng.integers(len(pool))])
-    return out
-
-
 @torch.no_grad()
 def teacher_latents(
     teacher: DiffusionTeacher, noise: torch.Tensor, prompts: list[str], steps: int
@@ -85,16 +73,16 @@ def teacher_latents(
 
 def load_or_generate_pairs(
     teacher: DiffusionTeacher,
-    items: list[dict],
+    data: ShapesData,
     latent_shape: tuple[int, int, int],
     n_pairs: int,
     steps: int,
     chunk_size: int,
-    seed: int,
     out_dir: Path,
     on_chunk: Any = None,
 ) -> ReflowPairs:
-    """Generate the missing chunks (``on_chunk(done, total)`` reports progress) and load all of them."""
+    """Generate the missing chunks (``on_chunk(done, total)`` reports progress) and load all of them. Chunk ``k``'s
+    noise and prompts are drawn from ``data.seed`` and ``k`` alone (prompts by ``data.draw``, as in training)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     n_chunks = -(-n_pairs // chunk_size)
     noises, latents, prompts = [], [], []
@@ -112,10 +100,10 @@ def load_or_generate_pairs(
             )
         if state is None:
             gen = torch.Generator().manual_seed(
-                int(np.random.SeedSequence([seed, REFLOW_STAGE, k]).generate_state(1)[0])
+                int(np.random.SeedSequence([data.seed, REFLOW_STAGE, k]).generate_state(1)[0])
             )
             noise = torch.randn((size, *latent_shape), generator=gen)
-            chunk_prompts = _chunk_prompts(items, seed, k, size)
+            chunk_prompts = [m["prompt"] for m in data.draw(data.rng("reflow", 1_000_000 + k), size)]
             state = {
                 "noise": noise,
                 "latents": teacher_latents(teacher, noise, chunk_prompts, steps),
