@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         cos = statistics.mean(cosines)
         r = 2 * cos / (n * (1 - cos)) if 0 < cos < 1 else float("nan")
         row = {"iteration": it, "samples": n, "cosine": cos, "cosine_sd": statistics.pstdev(cosines),
-               "per_sample_snr": r, "samples_for_snr_1": (2 / r) if r == r and r > 0 else math.inf}  # fmt: skip
+               "per_sample_snr": r, "samples_for_snr_1": (2 / r) if math.isfinite(r) and r > 0 else math.inf}  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = {"config": args.config, "overrides": args.overrides, "shuffle_rewards": args.shuffle_rewards,

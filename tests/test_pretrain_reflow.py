@@ -63,8 +63,8 @@ def test_pairs_are_cached_resumable_and_a_function_of_the_seed(tmp_path):
     with pytest.raises(UserError, match="chunk-00000.pt"):  # other teacher steps: never mixed into the cache
         load_or_generate_pairs(teacher, data, shape, 10, 5, 4, out_dir=tmp_path / "a")
 
-    z1, n1, p1 = a.batch(0, 7, 5, prompt_dropout=0.5)
-    z2, n2, p2 = a.batch(0, 7, 5, prompt_dropout=0.5)
+    z1, n1, p1 = a.batch(data.rng("reflow", 7), 5, prompt_dropout=0.5)
+    z2, n2, p2 = a.batch(data.rng("reflow", 7), 5, prompt_dropout=0.5)
     assert torch.equal(z1, z2) and torch.equal(n1, n2) and p1 == p2
     rows = [int((a.noise == n).flatten(1).all(1).nonzero()) for n in n1]
     assert torch.equal(z1, a.latents[rows])  # each noise stays with its own teacher sample

@@ -551,7 +551,7 @@ def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: An
                 group["lr"] = t.lr * _lr_factor(step, t.warmup, t.steps, t.decay_steps)
             gen = _torch_gen(cfg.seed, 2, step)
             if pairs is not None:
-                z, noise, prompts = pairs.batch(cfg.seed, step, t.batch_size, t.prompt_dropout)
+                z, noise, prompts = pairs.batch(data.rng("reflow", step), t.batch_size, t.prompt_dropout)
                 loss = denoiser_loss(pipe, family, cfg, None, prompts, gen, teacher, pair=(z, noise))
             else:
                 batch = data.batch("denoiser", step, t.batch_size, prompt_dropout=t.prompt_dropout)

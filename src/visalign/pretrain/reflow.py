@@ -30,7 +30,7 @@ from visalign.pretrain.checkpoint import load_checkpoint, save_checkpoint
 from visalign.pretrain.data import STAGE_IDS, ShapesData
 from visalign.pretrain.teacher import DiffusionTeacher
 
-REFLOW_STAGE = STAGE_IDS["reflow"]  # chunk k and batch step are seeded apart from the other stages' streams
+REFLOW_STAGE = STAGE_IDS["reflow"]  # chunk k's noise is seeded apart from the other stages' streams
 
 
 class ReflowPairs:
@@ -43,10 +43,10 @@ class ReflowPairs:
         return len(self.prompts)
 
     def batch(
-        self, seed: int, step: int, size: int, prompt_dropout: float
+        self, rng: np.random.Generator, size: int, prompt_dropout: float
     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """Batch ``step``: a pure function of ``(seed, step)`` like the rendered batches."""
-        rng = np.random.default_rng([seed, REFLOW_STAGE, step])
+        """A batch drawn with ``rng`` (the trainer passes ``ShapesData.rng("reflow", step)``, so batch ``step`` is a
+        pure function of ``(seed, step)`` like the rendered batches)."""
         index = rng.integers(len(self), size=size)
         drop = rng.random(size) < prompt_dropout
         prompts = ["" if d else self.prompts[i] for i, d in zip(index, drop, strict=True)]
