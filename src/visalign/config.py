@@ -34,6 +34,9 @@ class FinetuneConfig(StrictModel):
 class SamplingConfig(StrictModel):
     kernel: str = "sde"  # flow: sde | cps | dance (| ode for final-sample algorithms) ; diffusion: ddim
     noise_level: float = Field(0.7, ge=0.0)  # Flow-SDE a, CPS a, or DDIM eta
+    # k > 1: the stochastic steps' noise is confined to k x k block averages of the latent (sde, ddim), a k^2-fold
+    # smaller space for the policy gradient to search (sampling/base.py; it did not help on ShapesWorld)
+    noise_pool: int = Field(1, ge=1)
     num_steps: int = Field(10, ge=1)
     guidance_scale: float = 1.0  # > 1: classifier-free guidance, in rollouts and training alike
     train_steps: int = Field(0, ge=0)  # trained steps per sample (0: every trainable step)

@@ -252,7 +252,8 @@ class Trainer:
             raise UserError(f"sampling.kernel='{cfg.sampling.kernel}' cannot be used with '{cfg.algorithm.name}' "
                             f"(use one of {', '.join(kernels)})")
         self.schedule = self.generator.schedule(cfg.sampling.num_steps)
-        self.kernel = self.generator.make_kernel(cfg.sampling.kernel, cfg.sampling.noise_level, self.schedule)
+        self.kernel = self.generator.make_kernel(cfg.sampling.kernel, cfg.sampling.noise_level, self.schedule,
+                                                 cfg.sampling.noise_pool)
         det = DETERMINISTIC[self.family]
         self.det_kernel = self.generator.make_kernel(det, 0.0, self.schedule)
         trainable = int(self.kernel.trainable(self.schedule.c, self.schedule.c_next).sum())

@@ -37,10 +37,16 @@ if TYPE_CHECKING:
 StepWeighting = Literal["none", "noise_aware", "inverse_dt", "output_normalized"]
 
 
+def _placeholder(kernel: Kernel, c: torch.Tensor) -> torch.Tensor:
+    """A constant latent ``[B, 1, k, k]`` (k = the kernel's noise_pool, so that its block projection applies)."""
+    k = kernel.noise_pool
+    return torch.zeros(c.shape[0], 1, k, k, dtype=torch.float32, device=c.device)
+
+
 def kernel_std(kernel: Kernel, c: torch.Tensor, c_next: torch.Tensor) -> torch.Tensor:
     """The std ``[B]`` of a kernel's steps at coordinates (c, c_next). Every kernel's std depends on the step's
     coordinates only, so placeholder latents and network outputs give it without a network evaluation."""
-    placeholder = torch.zeros(c.shape[0], 1, dtype=torch.float32, device=c.device)
+    placeholder = _placeholder(kernel, c)
     _, std = kernel.mean_std(placeholder, placeholder, c, c_next)
     return std.float()
 
@@ -48,7 +54,7 @@ def kernel_std(kernel: Kernel, c: torch.Tensor, c_next: torch.Tensor) -> torch.T
 def kernel_output_gain(kernel: Kernel, c: torch.Tensor, c_next: torch.Tensor) -> torch.Tensor:
     """|d mean / d output| ``[B]`` of a kernel's steps: every kernel's mean is affine in the network output at a
     fixed input, so the difference of the means for outputs 1 and 0 is the gain."""
-    zero = torch.zeros(c.shape[0], 1, dtype=torch.float32, device=c.device)
+    zero = _placeholder(kernel, c)
     one = torch.ones_like(zero)
     mean_one, _ = kernel.mean_std(zero, one, c, c_next)
     mean_zero, _ = kernel.mean_std(zero, zero, c, c_next)
@@ -120,7 +126,7 @@ def clipped_pg_loss(
         if batch.old_mean is None:
             raise RuntimeError("ratio_norm='grpo_guard' needs the rollout's step means (store_mean)")
         s = std.float().detach()
-        bias = mean_over_data((mean.float() - batch.old_mean.float()) ** 2) / (2 * s**2)
+        bias = mean_over_data(batch.kernel.coords(mean.float() - batch.old_mean.float()) ** 2) / (2 * s**2)
         used = (log_ratio + bias) * s
         metrics["guard/bias"] = float(bias.detach().mean())
     per_sample, ratio = ppo_clip(batch.advantages, used, clip_range)
@@ -145,7 +151,8 @@ def clipped_pg_loss(
             mean_ref, _ = batch.kernel.mean_std(batch.x, out_ref, batch.c, batch.c_next)
         kernel_kl_std = getattr(batch.kernel, "kl_std", None) if kl_std == "kernel" else None
         s_kl = kernel_kl_std(batch.c, batch.c_next) if kernel_kl_std is not None else std
-        kl = gaussian_mean_kl(mean, mean_ref, s_kl)
+        # over the noise subspace: with noise_pool > 1 the two policies differ as densities only there
+        kl = gaussian_mean_kl(batch.kernel.coords(mean), batch.kernel.coords(mean_ref), s_kl)
         kl_loss = masked_mean(kl, batch.mask)
         loss = loss + kl_beta * kl_loss
         metrics["kl"] = float(kl.detach().mean())

@@ -111,7 +111,7 @@ class Generator:
     def schedule(self, num_steps: int) -> Schedule:
         raise NotImplementedError
 
-    def make_kernel(self, name: str, noise_level: float, schedule: Schedule):
+    def make_kernel(self, name: str, noise_level: float, schedule: Schedule, noise_pool: int = 1):
         raise NotImplementedError
 
     # ---- shared behaviour -----------------------------------------------------------------------------------

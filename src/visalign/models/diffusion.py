@@ -58,14 +58,15 @@ class DiffusionGenerator(Generator):
         c_next = torch.where(prev >= 0, ab[prev.clamp_min(0)], torch.full_like(ab[ts], final))
         return Schedule(t_model=ts.float(), c=ab[ts].clone(), c_next=c_next)
 
-    def make_kernel(self, name: str, noise_level: float, schedule: Schedule) -> Kernel:
+    def make_kernel(self, name: str, noise_level: float, schedule: Schedule, noise_pool: int = 1) -> Kernel:
         if name not in ("ddim",):
             from visalign.errors import UserError
 
             raise UserError(f"sampler kernel '{name}' does not apply to diffusion models (ddim)")
         cfg = self.pipeline.scheduler.config
         clip = cfg.get("clip_sample_range", 1.0) if cfg.get("clip_sample", False) else None
-        return build_kernel("ddim", noise_level=noise_level, prediction_type=self.prediction_type, clip_sample=clip)
+        return build_kernel("ddim", noise_level=noise_level, prediction_type=self.prediction_type, clip_sample=clip,
+                            noise_pool=noise_pool)
 
     def save_lora(self, out_dir: str | Path) -> None:
         from diffusers import StableDiffusionPipeline

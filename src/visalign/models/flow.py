@@ -99,7 +99,7 @@ class FlowGenerator(Generator):
             self._sigma_of_time.update(zip(t_model.tolist(), sigmas[:-1].tolist(), strict=True))
         return Schedule(t_model=t_model, c=sigmas[:-1].clone(), c_next=sigmas[1:].clone())
 
-    def make_kernel(self, name: str, noise_level: float, schedule: Schedule) -> Kernel:
+    def make_kernel(self, name: str, noise_level: float, schedule: Schedule, noise_pool: int = 1) -> Kernel:
         if name not in ("ode", "sde", "cps", "dance"):
             from visalign.errors import UserError
 
@@ -107,7 +107,7 @@ class FlowGenerator(Generator):
         if name == "ode":
             return build_kernel("ode")
         sigma_max = float(schedule.c[1]) if len(schedule) > 1 else None
-        return build_kernel(name, noise_level=noise_level, sigma_max=sigma_max)
+        return build_kernel(name, noise_level=noise_level, sigma_max=sigma_max, noise_pool=noise_pool)
 
     def save_lora(self, out_dir: str | Path) -> None:
         from diffusers import StableDiffusion3Pipeline

@@ -10,6 +10,9 @@ Coordinates: ``c`` = alpha_bar_t, ``c_next`` = alpha_bar of the previous (less n
     x'     = mean + std z,   log p = mean_d log N(x'; mean, std^2)
 
 eta = 0 is the deterministic DDIM sampler (the evaluation sampler); eta = 1 the DDPM-like policy DDPO trains.
+With ``noise_pool`` k > 1 the noise is block-averaged (``sampling/base.py``): x' = mean + std P z and
+mean = sqrt(ab') x0_hat + [sqrt(1 - ab') (I - P) + sqrt(1 - ab' - std^2) P] eps, DDIM's construction with the
+variance std^2 P (deterministic DDIM outside the noise subspace).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from visalign.sampling.base import Kernel, per_sample
 class DDIM(Kernel):
     name = "ddim"
     family = "diffusion"
+    supports_noise_pool = True
 
-    def __init__(self, noise_level: float = 1.0, prediction_type: str = "epsilon", clip_sample: float | None = None):
-        super().__init__(noise_level)
+    def __init__(self, noise_level: float = 1.0, prediction_type: str = "epsilon", clip_sample: float | None = None,
+                 noise_pool: int = 1):
+        super().__init__(noise_level, noise_pool)
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"DDIM kernel: unsupported prediction_type '{prediction_type}'")
         self.prediction_type = prediction_type
@@ -57,6 +62,9 @@ class DDIM(Kernel):
         std = self.std(c, c_next)
         ab_prev = per_sample(c_next.float(), x)
         direction = torch.sqrt((1 - ab_prev - per_sample(std, x) ** 2).clamp_min(0)) * eps
+        if self.noise_pool > 1:  # no noise outside the subspace: the deterministic DDIM direction there
+            rest = eps - self.project(eps)
+            direction = self.project(direction) + torch.sqrt(1 - ab_prev) * rest
         mean = torch.sqrt(ab_prev) * x0 + direction
         return mean, std
 

@@ -6,7 +6,9 @@ v ~ eps - x_0; a step goes sigma -> sigma' with dt = sigma' - sigma < 0. Coordin
 * ``ode``  — Euler step of the probability-flow ODE: x' = x + v dt (deterministic).
 * ``sde``  — Flow-GRPO's reverse SDE (Liu et al., 2025, "Flow-GRPO: Training Flow Matching Models via Online RL"):
   sigma_t = a sqrt(sigma / (1 - sigma)) (sigma_1 = the schedule's second sigma replaces sigma in the denominator at
-  sigma = 1), mu = x + [v + sigma_t^2 / (2 sigma) (x + (1 - sigma) v)] dt, std = sigma_t sqrt(-dt).
+  sigma = 1), mu = x + [v + sigma_t^2 / (2 sigma) (x + (1 - sigma) v)] dt, std = sigma_t sqrt(-dt). With
+  ``noise_pool`` k > 1 the noise is block-averaged (``sampling/base.py``): x' = mu + std P z and the correction
+  term becomes sigma_t^2 / (2 sigma) P (x + (1 - sigma) v), the SDE whose diffusion matrix is sigma_t^2 P.
 * ``cps``  — Coefficients-Preserving Sampling (Wang et al., 2025): s_t = sigma' sin(a pi / 2),
   x0_hat = x - sigma v, x1_hat = x + (1 - sigma) v, mu = (1 - sigma') x0_hat + sqrt(sigma'^2 - s_t^2) x1_hat,
   std = s_t; its log-prob drops the Gaussian constants: log p = -mean_d (x' - mu)^2.
@@ -50,9 +52,10 @@ class FlowODE(Kernel):
 class FlowSDE(Kernel):
     name = "sde"
     family = "flow"
+    supports_noise_pool = True
 
-    def __init__(self, noise_level: float = 0.7, sigma_max: float | None = None) -> None:
-        super().__init__(noise_level)
+    def __init__(self, noise_level: float = 0.7, sigma_max: float | None = None, noise_pool: int = 1) -> None:
+        super().__init__(noise_level, noise_pool)
         self.sigma_max = sigma_max
 
     def sigma_t(self, c: torch.Tensor) -> torch.Tensor:
@@ -70,7 +73,8 @@ class FlowSDE(Kernel):
         sigma = per_sample(c.float(), x)
         dt = per_sample((c_next - c).float(), x)
         s2 = per_sample(sig_t, x) ** 2
-        mean = x + (v + s2 / (2 * sigma) * (x + (1 - sigma) * v)) * dt
+        # the score correction acts where the noise does (all of the latent unless noise_pool > 1)
+        mean = x + (v + s2 / (2 * sigma) * self.project(x + (1 - sigma) * v)) * dt
         std = sig_t * torch.sqrt((c - c_next).float().clamp_min(0))
         return mean, std
 
@@ -86,8 +90,8 @@ class FlowCPS(Kernel):
     name = "cps"
     family = "flow"
 
-    def __init__(self, noise_level: float = 0.7, sigma_max: float | None = None) -> None:
-        super().__init__(noise_level)
+    def __init__(self, noise_level: float = 0.7, sigma_max: float | None = None, noise_pool: int = 1) -> None:
+        super().__init__(noise_level, noise_pool)  # noise_pool > 1: a clear error
 
     def mean_std(self, x, out, c, c_next):
         x, v = x.float(), out.float()
@@ -111,8 +115,8 @@ class FlowDance(Kernel):
     name = "dance"
     family = "flow"
 
-    def __init__(self, noise_level: float = 0.7, sigma_max: float | None = None) -> None:
-        super().__init__(noise_level)
+    def __init__(self, noise_level: float = 0.7, sigma_max: float | None = None, noise_pool: int = 1) -> None:
+        super().__init__(noise_level, noise_pool)  # noise_pool > 1: a clear error
 
     def mean_std(self, x, out, c, c_next):
         x, v = x.float(), out.float()
