@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,23 @@ def _curve(run_dir: Path, per_iter: int) -> list[dict[str, Any]]:
         res = json.loads(path.read_text())
         it = int(path.parent.name.split("_")[1])
         points.append({"iteration": it, "images": it * per_iter, "strict": res["overall"], "soft": res.get("soft"),
-                       "rm": (res.get("rewards") or {}).get(RM), "per_tag": res.get("per_tag")})
+                       "rm": (res.get("rewards") or {}).get(RM), "per_tag": res.get("per_tag"),
+                       "eval_images": len(res.get("images") or [])})
     return points
+
+
+def paired_gain(first: Path, last: Path) -> dict[str, float]:
+    """Strict-score gain between two evaluations of one run, paired image by image: every evaluation samples the
+    same held-out prompts from the same seeds with the deterministic sampler, so image i of both differs only by
+    the weights, and the per-image difference of correctness has far less spread than either score."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from paired_reward import paired
+
+    a, b = (json.loads(p.read_text())["images"] for p in (first, last))
+    if [x["prompt"] for x in a] != [x["prompt"] for x in b]:
+        raise SystemExit(f"error: {first} and {last} do not hold the same prompts in the same order")
+    return paired({(i, 0): float(x["correct"]) for i, x in enumerate(a)},
+                  {(i, 0): float(x["correct"]) for i, x in enumerate(b)})
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -119,6 +135,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     curve = _curve(run_dir, per_iter)
     base = curve[0]["strict"]
     reached = next((p["images"] for p in curve if p["strict"] >= base + 0.2), None)
+    evals = sorted((run_dir / "evals").glob("iter_*/results.json"))
+    gain = paired_gain(evals[0], evals[-1])
     timings = summary.get("timings_s", {})
     return {
         "algorithm": cfg.algorithm.name, "family": family, "recipe": f"recipes/{recipe_name}",
@@ -126,6 +144,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "images": iterations * per_iter, "images_kind": "pair-file images read" if name in OFFLINE else "generated",
         "base": curve[0], "final": curve[-1], "curve": curve,
         "images_to_plus_0.2": reached,
+        "strict_gain_paired": {"mean": round(gain["diff_mean"], 4), "se": round(gain["diff_se"], 4),
+                               "images": gain["pairs"]},
         "wall_s": round(timings.get("wall", 0.0), 1),
         "train_s": round(sum(timings.get(k, 0.0) for k in ("rollout", "reward", "train")), 1),
     }
@@ -136,24 +156,38 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 
 def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+    """One column per family (so that no colour repeats within a panel): the held-out strict gain over the run's
+    base (the two bases start at different levels) on top, the learned-RM gain below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, r in results.items():
-        xs = [p["images"] for p in r["curve"]]
-        axes[0].plot(xs, [p["strict"] for p in r["curve"]], marker="o", ms=3, label=name)
-        axes[1].plot(xs, [p["rm"] if p["rm"] is not None else float("nan") for p in r["curve"]], marker="o", ms=3)
-    axes[0].set(xlabel="images generated", ylabel="held-out strict (verifier)", title="ShapesBench strict")
-    axes[1].set(xlabel="images generated", ylabel="learned RM score", title="learned reward model (shapes_rm)")
-    axes[0].legend(fontsize=7, ncol=2)
-    for ax in axes:
-        ax.grid(alpha=0.3)
+    families = list(dict.fromkeys(r["family"] for r in results.values()))
+    fig, axes = plt.subplots(2, len(families), figsize=(4.2 * len(families), 7), sharex=True, squeeze=False)
+    colours = plt.get_cmap("tab20").colors
+    for col, family in enumerate(families):
+        members = [(n, r) for n, r in results.items() if r["family"] == family]
+        for k, (name, r) in enumerate(members):
+            xs = [p["images"] for p in r["curve"]]
+            # tab20 pairs a dark and a light shade of each hue: the ten dark ones first, then the light ones
+            style = {"marker": "o", "ms": 3, "color": colours[(2 * k) % 20 if k < 10 else (2 * k + 1) % 20]}
+            base = r["curve"][0]
+            axes[0][col].plot(xs, [p["strict"] - base["strict"] for p in r["curve"]], label=name, **style)
+            rm = [p["rm"] - base["rm"] if p["rm"] is not None and base["rm"] is not None else float("nan")
+                  for p in r["curve"]]
+            axes[1][col].plot(xs, rm, **style)
+        axes[0][col].set_title(family)
+        axes[0][col].legend(fontsize=7)
+        axes[1][col].set_xlabel("images generated")
+        for row in (0, 1):
+            axes[row][col].axhline(0.0, color="black", lw=0.8)
+            axes[row][col].grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out strict (verifier), gain over base")
+    axes[1][0].set_ylabel("learned RM (shapes_rm), gain over base")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -164,16 +198,19 @@ def write_docs(results: dict[str, dict[str, Any]], args: argparse.Namespace, not
     img = docs.parent / "img" / "algorithms_curves.png"
     plot(results, img)
     lines = [
-        "| algorithm | family | base | strict (base -> final) | soft | learned RM | images to +0.2 | wall s |",
+        "| algorithm | family | base | strict (base -> final, paired gain +- s.e.) | soft | learned RM "
+        "| images to +0.2 | wall s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         b, f = r["base"], r["final"]
-        gain = round(f["strict"] - b["strict"], 3) + 0.0  # + 0.0: no "-0.000" for a tie
+        paired = r.get("strict_gain_paired") or {}
+        gain = round(paired.get("mean", f["strict"] - b["strict"]), 3) + 0.0  # + 0.0: no "-0.000" for a tie
+        se = f" +- {paired['se']:.3f}" if "se" in paired else ""
         kind = "" if r.get("images_kind", "generated") == "generated" else " (pair-file images)"
         lines.append(
             f"| `{name}` | {r['family']} | {r['model']} | {_fmt(b['strict'])} -> **{_fmt(f['strict'])}** "
-            f"({gain:+.3f}) | {_fmt(b['soft'])} -> {_fmt(f['soft'])} | "
+            f"({gain:+.3f}{se}) | {_fmt(b['soft'])} -> {_fmt(f['soft'])} | "
             f"{_fmt(b['rm'])} -> {_fmt(f['rm'])} | {r['images_to_plus_0.2'] or 'not reached'}{kind} | "
             f"{r['wall_s']:.0f} |"
         )
@@ -182,8 +219,11 @@ def write_docs(results: dict[str, dict[str, Any]], args: argparse.Namespace, not
     text = docs.read_text() if docs.is_file() else f"# Algorithms\n\n{marker}\n{marker}\n"
     head, _, rest = text.partition(marker)
     _, _, tail = rest.partition(marker)
+    eval_images = sorted({r["base"].get("eval_images") for r in results.values()} - {None})
+    per_eval = " / ".join(str(n) for n in eval_images) or "?"
     block = (f"{marker}\nBudget: {args.images} generated images per algorithm, {args.evals} held-out evaluations "
-             f"(test split, 70 prompts x 1 image, deterministic sampler), torch threads {args.threads}. "
+             f"({per_eval} images of the test split each, the same prompts and seeds every time, deterministic "
+             f"sampler), torch threads {args.threads}. "
              f"Produced by `python benchmarks/compare_algorithms.py --images {args.images} --evals {args.evals}`; "
              f"figures in `{docs.with_suffix('.json').name}`.\n\n{table}\n\n![curves](img/{img.name})\n\n{notes}"
              f"{marker}")
