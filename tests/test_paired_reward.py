@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmark_scripts import load_benchmark
 from visalign.eval.geneval_layout import write_prompt_folder
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_reward.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("paired_reward", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("paired_reward")
 
 
 def test_paired_difference_mean_and_standard_error_by_hand():
