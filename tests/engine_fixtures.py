@@ -54,3 +54,21 @@ def flow_sde_by_hand(gen, batch, sigma_max: float, a: float = 0.7) -> tuple[torc
     dt = sn - s
     mean = batch.x + (v + sig_t**2 / (2 * s) * (batch.x + (1 - s) * v)) * dt
     return mean, (sig_t * torch.sqrt(-dt)).flatten()
+
+
+def tiny_trainer(tmp_path, overrides, family: str = "flow", reward: Reward | None = None, name: str = "run"):
+    """A ``Trainer`` on a random tiny pipeline of ``family`` (flow: Flow-GRPO; diffusion: DDPO with DDIM eta 1),
+    2 prompts x 4 images, 4 steps, no evaluation or checkpoints, rewarded by ``Brightness`` unless given."""
+    from visalign.config import load_train_config
+    from visalign.trainer import Trainer
+
+    base = [f"run_dir={tmp_path / name}", "eval.enabled=false", "log.progress=false", "data.prompts_per_iter=2",
+            "data.group_size=4", "sampling.num_steps=4", "checkpoint.every=0"]
+    if family == "flow":
+        base.append("model.max_sequence_length=0")
+        pipe = build_flow_pipeline(seed=0)
+    else:
+        base += ["algorithm.name=ddpo", "sampling.kernel=ddim", "sampling.noise_level=1.0"]
+        pipe = build_diffusion_pipeline(seed=0)
+    cfg = load_train_config(None, base + list(overrides))
+    return Trainer(cfg, pipeline=(family, pipe), rewards=[(reward or Brightness(), 1.0)])

@@ -157,21 +157,9 @@ def test_pooled_rollouts_train_through_the_one_trainer(tmp_path, family):
     replays the pooled rollout exactly."""
     import json
 
-    from engine_fixtures import Brightness
-    from visalign.config import load_train_config
-    from visalign.pretrain.build import build_diffusion_pipeline, build_flow_pipeline
-    from visalign.trainer import Trainer
+    from engine_fixtures import tiny_trainer
 
-    overrides = [f"run_dir={tmp_path / 'run'}", "eval.enabled=false", "log.progress=false", "data.prompts_per_iter=2",
-                 "data.group_size=4", "sampling.num_steps=4", "checkpoint.every=0", "train.iterations=2",
-                 "sampling.noise_pool=2"]
-    if family == "flow":
-        overrides.append("model.max_sequence_length=0")
-        pipe = build_flow_pipeline(seed=0)
-    else:
-        overrides += ["algorithm.name=ddpo", "sampling.kernel=ddim", "sampling.noise_level=1.0"]
-        pipe = build_diffusion_pipeline(seed=0)
-    trainer = Trainer(load_train_config(None, overrides), pipeline=(family, pipe), rewards=[(Brightness(), 1.0)])
+    trainer = tiny_trainer(tmp_path, ["train.iterations=2", "sampling.noise_pool=2"], family)
     assert trainer.kernel.noise_pool == 2
     trainer.run()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

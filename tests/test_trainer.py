@@ -9,28 +9,15 @@ import pytest
 import torch
 
 from engine_fixtures import Brightness, linear_decode
+from engine_fixtures import tiny_trainer as _trainer
 from visalign.config import load_train_config
 from visalign.errors import UserError
-from visalign.pretrain.build import build_diffusion_pipeline, build_flow_pipeline
+from visalign.pretrain.build import build_flow_pipeline
 from visalign.rewards.base import Reward, RewardError
 from visalign.trainer import Trainer
 
 torch.set_num_threads(1)
 TIMING = ("time/", "images_per_s")
-
-
-def _trainer(tmp_path, overrides, family="flow", reward=None, name="run"):
-    base = [f"run_dir={tmp_path / name}", "eval.enabled=false", "log.progress=false", "data.prompts_per_iter=2",
-            "data.group_size=4", "sampling.num_steps=4", "checkpoint.every=0"]
-    if family == "flow":
-        base.append("model.max_sequence_length=0")
-        pipe = build_flow_pipeline(seed=0)
-    else:
-        base += ["algorithm.name=ddpo", "sampling.kernel=ddim", "sampling.noise_level=1.0"]
-        pipe = build_diffusion_pipeline(seed=0)
-    cfg = load_train_config(None, base + list(overrides))
-    tr = Trainer(cfg, pipeline=(family, pipe), rewards=[(reward or Brightness(), 1.0)])
-    return tr
 
 
 def _rows(run_dir):
