@@ -85,9 +85,14 @@ def _overrides(
     return out, iterations, per_iter
 
 
+def _eval_files(run_dir: Path) -> list[Path]:
+    """The run's held-out evaluations (``visalign eval``'s results.json), in iteration order."""
+    return sorted((run_dir / "evals").glob("iter_*/results.json"))
+
+
 def _curve(run_dir: Path, per_iter: int) -> list[dict[str, Any]]:
     points = []
-    for path in sorted((run_dir / "evals").glob("iter_*/results.json")):
+    for path in _eval_files(run_dir):
         res = json.loads(path.read_text())
         it = int(path.parent.name.split("_")[1])
         points.append({"iteration": it, "images": it * per_iter, "strict": res["overall"], "soft": res.get("soft"),
@@ -100,7 +105,9 @@ def paired_gain(first: Path, last: Path) -> dict[str, float]:
     """Strict-score gain between two evaluations of one run, paired image by image: every evaluation samples the
     same held-out prompts from the same seeds with the deterministic sampler, so image i of both differs only by
     the weights, and the per-image difference of correctness has far less spread than either score."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:  # also when this file is loaded as a module from elsewhere (the tests)
+        sys.path.insert(0, here)
     from paired_reward import paired
 
     a, b = (json.loads(p.read_text())["images"] for p in (first, last))
@@ -135,7 +142,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     curve = _curve(run_dir, per_iter)
     base = curve[0]["strict"]
     reached = next((p["images"] for p in curve if p["strict"] >= base + 0.2), None)
-    evals = sorted((run_dir / "evals").glob("iter_*/results.json"))
+    evals = _eval_files(run_dir)
     gain = paired_gain(evals[0], evals[-1])
     timings = summary.get("timings_s", {})
     return {
