@@ -60,3 +60,44 @@ def test_diffusion_pipeline_sampling():
     gen = torch.Generator().manual_seed(0)
     out = pipe(["a red star", ""], num_inference_steps=2, guidance_scale=3.0, generator=gen, output_type="np")
     assert out.images.shape == (2, 64, 64, 3)
+
+
+def test_learned_position_embedding_trains_and_loads_into_the_stock_class(tmp_path):
+    from diffusers import SD3Transformer2DModel
+
+    pipe = build_flow_pipeline(FlowSpec(pos_embed="learned"))
+    transformer = pipe.transformer
+    sincos = build_flow_pipeline(FlowSpec()).transformer.pos_embed.pos_embed
+    pos = dict(transformer.named_parameters())["pos_embed.pos_embed"]
+    assert torch.equal(pos.detach(), sincos)  # starts as SD3's sincos grid
+    x = torch.randn(2, 4, 16, 16)
+    text = torch.randn(2, 16, transformer.config.joint_attention_dim)
+    pooled = torch.randn(2, transformer.config.pooled_projection_dim)
+    out = transformer(
+        hidden_states=x,
+        encoder_hidden_states=text,
+        pooled_projections=pooled,
+        timestep=torch.tensor([500.0, 500.0]),
+    )
+    out.sample.square().mean().backward()
+    assert pos.grad is not None and pos.grad.abs().sum() > 0
+    with torch.no_grad():
+        pos.add_(torch.randn_like(pos))
+    transformer.save_pretrained(tmp_path)
+    stock = SD3Transformer2DModel.from_pretrained(tmp_path)  # a plain buffer there, loaded from the weights
+    assert "pos_embed.pos_embed" not in dict(stock.named_parameters())
+    assert torch.equal(stock.pos_embed.pos_embed, pos.detach())
+
+
+def test_mimetic_init_makes_each_head_match_a_token_to_itself():
+    transformer = build_flow_pipeline(FlowSpec(num_heads=3, head_dim=32, init="mimetic")).transformer
+    attn = transformer.transformer_blocks[0].attn
+    x = torch.randn(256, 96, generator=torch.Generator().manual_seed(0))
+    for h in range(3):
+        rows = slice(32 * h, 32 * (h + 1))
+        product = attn.to_q.weight[rows].T @ attn.to_k.weight[rows]  # W_q^T W_k of the head, 96 x 96
+        assert torch.linalg.matrix_rank(product) == 32
+        logits = (x @ product) @ x.T
+        # identity-dominated: a token scores itself far above other tokens (random weights give ~0 margin)
+        assert logits.diag().mean() > 3 * logits.fill_diagonal_(0).abs().mean()
+    assert attn.to_q.bias.abs().sum() == 0 and attn.to_k.bias.abs().sum() == 0

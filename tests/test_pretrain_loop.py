@@ -194,6 +194,71 @@ def test_flow_loss_matches_the_hand_computed_target_with_shifted_logit_normal_si
     assert torch.allclose(loss_t, ((pred - target) ** 2).mean(), rtol=1e-5, atol=1e-6)
 
 
+def test_flow_pixel_loss_decodes_the_x0_estimate_on_low_noise_rows(tmp_path):
+    """loss = MSE(v_hat, eps - z) + w * MSE(decode(x_t - sigma v_hat), image) over the rows with sigma <= max."""
+    from visalign.pretrain.build import build_flow_pipeline
+    from visalign.pretrain.config import model_spec
+    from visalign.pretrain.loop import denoiser_loss
+
+    overrides = ["family=flow", "flow.pixel_loss=2.5", "flow.pixel_loss_max_sigma=0.5"]
+    cfg = load_config(PretrainConfig, None, [*TINY, *overrides])
+    pipe = build_flow_pipeline(model_spec(cfg), seed=0)
+    images = torch.rand(4, 3, 64, 64) * 2 - 1
+    prompts = ["a red circle", "", "a blue star", "two green squares"]
+    loss = denoiser_loss(pipe, "flow", cfg, images, prompts, torch.Generator().manual_seed(3))
+
+    gen = torch.Generator().manual_seed(3)
+    vae = pipe.vae
+    z = (vae.encode(images).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
+    noise = torch.randn(z.shape, generator=gen)
+    sigma = torch.sigmoid(torch.randn(4, generator=gen))
+    s = sigma.view(4, 1, 1, 1)
+    x_t = (1 - s) * z + s * noise
+    embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=False,
+                                              max_sequence_length=0)  # fmt: skip
+    v_hat = pipe.transformer(hidden_states=x_t, timestep=sigma * 1000,
+                             encoder_hidden_states=embeds, pooled_projections=pooled).sample  # fmt: skip
+    rows = sigma <= 0.5
+    assert 0 < int(rows.sum()) < 4  # the seed gives both kinds of rows
+    x0_hat = x_t - s * v_hat
+    decoded = vae.decode(x0_hat[rows] / vae.config.scaling_factor + vae.config.shift_factor).sample
+    expected = ((v_hat - (noise - z)) ** 2).mean() + 2.5 * ((decoded - images[rows]) ** 2).mean()
+    assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(UserError, match="pixel_loss"):
+        load_config(PretrainConfig, None, [*TINY, "flow.pixel_loss=1", "flow.teacher=shapes-diffusion"])
+
+
+def test_text_towers_start_from_another_pipelines_text_encoder(tmp_path):
+    from visalign.pretrain.build import (
+        DiffusionSpec,
+        FlowSpec,
+        TextSpec,
+        build_diffusion_pipeline,
+        build_flow_pipeline,
+    )
+    from visalign.pretrain.loop import init_text_towers
+
+    source = build_diffusion_pipeline(seed=4)
+    source.save_pretrained(tmp_path / "source")
+    flow = build_flow_pipeline(seed=0)
+    init_text_towers(flow, str(tmp_path / "source"))
+    expected = source.text_encoder.state_dict()
+    for tower in (flow.text_encoder, flow.text_encoder_2):
+        got = tower.text_model.state_dict()
+        assert got.keys() == expected.keys()
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+    wider = build_diffusion_pipeline(DiffusionSpec(text=TextSpec(hidden_size=32, intermediate_size=64)), seed=4)
+    wider.save_pretrained(tmp_path / "wider")
+    with pytest.raises(UserError, match="does not fit text_encoder"):
+        init_text_towers(build_flow_pipeline(FlowSpec()), str(tmp_path / "wider"))
+    other_words = build_diffusion_pipeline(DiffusionSpec(text=TextSpec(words=("<pad>", "<bos>", "<unk>", "<eos>", "red", "blue"))), seed=4)
+    other_words.save_pretrained(tmp_path / "words")
+    with pytest.raises(UserError, match="vocabulary differs"):
+        init_text_towers(build_flow_pipeline(FlowSpec()), str(tmp_path / "words"))
+
+
 def test_decoder_input_adds_noise_relative_to_the_latent_std():
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 

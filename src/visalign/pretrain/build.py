@@ -29,6 +29,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from visalign.pretrain.locality import mimetic_qk_init, set_local_position_embedding
 from visalign.pretrain.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer, vocabulary
 
 
@@ -84,6 +85,9 @@ class FlowSpec:
     )
     qk_norm: str | None = None  # "rms_norm" as in SD3.5
     prediction: str = "velocity"  # or "sample" (x0), sampled by a first-order flow DPM-Solver
+    # "learned": the sincos grid becomes a trainable parameter for pretraining; it is saved under the same key
+    # as SD3's persistent pos_embed buffer, so the stock class loads it unchanged
+    pos_embed: str = "sincos"
 
 
 @dataclass
@@ -203,8 +207,16 @@ def build_flow_pipeline(spec: FlowSpec | None = None, seed: int = 0) -> StableDi
     )
     if spec.init == "dit":
         dit_init(transformer)
+    elif spec.init == "mimetic":
+        mimetic_qk_init(transformer)
     elif spec.init != "default":
-        raise ValueError(f"unknown init {spec.init!r} (default, dit)")
+        raise ValueError(f"unknown init {spec.init!r} (default, dit, mimetic)")
+    if spec.pos_embed == "local":
+        set_local_position_embedding(transformer)
+    elif spec.pos_embed == "learned":
+        transformer.pos_embed.pos_embed = torch.nn.Parameter(transformer.pos_embed.pos_embed.detach().clone())
+    elif spec.pos_embed != "sincos":
+        raise ValueError(f"unknown pos_embed {spec.pos_embed!r} (sincos, local, learned)")
     scheduler = flow_scheduler(spec.prediction, spec.shift)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,

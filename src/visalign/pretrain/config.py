@@ -48,6 +48,9 @@ class TextConfig(StrictModel):
     projection_dim: int = 64
     max_length: int = 16
     train: bool = True  # trained jointly with the denoiser; false keeps the random init frozen
+    # a pipeline folder or shipped alias whose text_encoder's CLIP transformer initialises every text tower here
+    # (same sizes and vocabulary; a flow tower's text_projection stays random)
+    init_from: str | None = None
 
 
 class FlowModelConfig(StrictModel):
@@ -58,12 +61,15 @@ class FlowModelConfig(StrictModel):
     num_heads: int = 3
     head_dim: int = 32
     shift: float = 1.0
-    init: Literal["default", "dit"] = "default"  # "dit": DiT init (zero adaLN / output projection)
+    init: Literal["default", "dit", "mimetic"] = "default"  # dit: zero adaLN / output; mimetic: pretrain/locality.py
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
     # SD3's logit-normal(m, s): sigma = sigmoid(m + s * n); m > 0 spends more updates at high noise
     logit_mean: float = 0.0
     logit_std: float = Field(default=1.0, gt=0)
     qk_norm: Literal["none", "rms_norm"] = "none"  # SD3.5's RMS norm on queries and keys
+    # learned: the position embedding (SD3's persistent sincos buffer) is trained with the transformer
+    # local: rows whose Gram matrix is a Gaussian kernel over the token grid (pretrain/locality.py)
+    pos_embed: Literal["sincos", "local", "learned"] = "sincos"
     # velocity: the transformer predicts v = eps - x0 (SD3; FlowMatchEulerDiscreteScheduler). sample: it predicts
     # x0 and the folder's scheduler is DPMSolverMultistepScheduler(use_flow_sigmas, prediction_type="sample",
     # first order), whose steps are the same Euler steps on the same straight path.
@@ -75,11 +81,18 @@ class FlowModelConfig(StrictModel):
     # scenes; needs ``teacher``. The teacher's sampler takes ``reflow_teacher_steps`` DDIM steps per pair.
     reflow_pairs: int = Field(default=0, ge=0)
     reflow_teacher_steps: int = Field(default=20, ge=1)
+    # > 0 adds pixel_loss x MSE(decode(x0_hat), image) on the draws with sigma <= pixel_loss_max_sigma: the error
+    # measured where the verifier looks, through the frozen decoder (Berrada et al. 2024, "Boosting Latent
+    # Diffusion with Perceptual Objectives", use the decoder's features the same way)
+    pixel_loss: float = Field(default=0.0, ge=0)
+    pixel_loss_max_sigma: float = Field(default=1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _reflow_needs_teacher(self) -> FlowModelConfig:
         if self.reflow_pairs and not self.teacher:
             raise ValueError("flow.reflow_pairs needs flow.teacher (the diffusion pipeline that samples the pairs)")
+        if self.pixel_loss and self.teacher:
+            raise ValueError("flow.pixel_loss compares with rendered scenes; it does not combine with flow.teacher")
         return self
 
 
@@ -206,6 +219,7 @@ def model_spec(cfg: PretrainConfig) -> FlowSpec | DiffusionSpec:
             shift=f.shift,
             init=f.init,
             qk_norm=None if f.qk_norm == "none" else f.qk_norm,
+            pos_embed=f.pos_embed,
             prediction=f.prediction,
         )
     d = cfg.diffusion

@@ -328,7 +328,7 @@ class EMA:
                     p.copy_(b)
 
 
-def _encode_text(pipe: Any, family: str, prompts: list[str]) -> dict[str, torch.Tensor]:
+def encode_text(pipe: Any, family: str, prompts: list[str]) -> dict[str, torch.Tensor]:
     """Text conditioning through the pipeline's own ``encode_prompt`` (with gradients)."""
     if family == "flow":
         embeds, _, pooled, _ = pipe.encode_prompt(
@@ -343,6 +343,15 @@ def _encode_text(pipe: Any, family: str, prompts: list[str]) -> dict[str, torch.
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
     embeds, _ = pipe.encode_prompt(prompts, torch.device("cpu"), 1, False)
     return {"encoder_hidden_states": embeds}
+
+
+def decoded_x0_loss(vae: Any, x0_hat: torch.Tensor, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Pixel MSE between the decoded x0 estimate (normalised latents) and the images, averaged over ``rows`` only
+    (0 when none is selected). Gradients flow through the frozen decoder into ``x0_hat``."""
+    if not bool(rows.any()):
+        return x0_hat.sum() * 0.0
+    latents = x0_hat[rows] / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+    return F.mse_loss(vae.decode(latents).sample, images[rows])
 
 
 def denoiser_loss(
@@ -368,7 +377,7 @@ def denoiser_loss(
             z = vae.encode(images).latent_dist.mode()
             z = (z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
         noise = torch.randn(z.shape, generator=gen)
-    cond = _encode_text(pipe, family, prompts)
+    cond = encode_text(pipe, family, prompts)
     n = z.shape[0]
     if family == "flow":
         if cfg.flow.timestep_sampling == "logit_normal":
@@ -380,7 +389,12 @@ def denoiser_loss(
         pred = pipe.transformer(hidden_states=x_t, timestep=sigma * 1000, return_dict=False, **cond)[0]
         predicts_sample = pipe.scheduler.config.get("prediction_type") == "sample"  # as the RL adapter reads it
         if teacher is None or pair is not None:
-            return F.mse_loss(pred, z if predicts_sample else noise - z)
+            loss = F.mse_loss(pred, z if predicts_sample else noise - z)
+            if cfg.flow.pixel_loss and images is not None:
+                loss = loss + cfg.flow.pixel_loss * decoded_x0_loss(
+                    vae, pred if predicts_sample else x_t - s * pred, images, sigma <= cfg.flow.pixel_loss_max_sigma
+                )
+            return loss
         x0_hat, valid = teacher.x0(x_t, sigma, prompts)
         rows = valid.view(n, 1, 1, 1)
         if predicts_sample:
@@ -463,6 +477,27 @@ def _reflow_pairs(
     return pairs
 
 
+def init_text_towers(pipe: Any, source: str) -> None:
+    """Copy the CLIP transformer of ``source``'s text_encoder into every text tower of ``pipe``."""
+    from visalign.models.loading import load_pipeline
+
+    _, src = load_pipeline(source)
+    if src.tokenizer.get_vocab() != pipe.tokenizer.get_vocab():
+        raise UserError(f"text.init_from={source}: its tokenizer's vocabulary differs from this model's")
+    def transformer_of(tower: Any) -> torch.nn.Module:  # CLIPTextModel holds it directly (transformers 5)
+        return tower.text_model if hasattr(tower, "text_model") else tower
+
+    weights = transformer_of(src.text_encoder).state_dict()
+    for name in ("text_encoder", "text_encoder_2"):
+        tower = getattr(pipe, name, None)
+        if tower is None:
+            continue
+        try:
+            transformer_of(tower).load_state_dict(weights)
+        except RuntimeError as err:  # sizes differ: name the first mismatch, not the whole report
+            raise UserError(f"text.init_from={source}: its text encoder does not fit {name}: {str(err).splitlines()[1].strip()}") from None
+
+
 def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: Any, console: Console) -> Any:
     """Stage 2. Returns the pipeline holding the EMA weights."""
     family = cfg.family
@@ -473,6 +508,8 @@ def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: An
     pipe.vae.register_to_config(
         scaling_factor=vae.config.scaling_factor, shift_factor=vae.config.shift_factor
     )
+    if cfg.text.init_from:
+        init_text_towers(pipe, cfg.text.init_from)
     pipe.vae.requires_grad_(False)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):

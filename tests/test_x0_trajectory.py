@@ -1,0 +1,29 @@
+"""benchmarks/x0_trajectory.py: its sampler loop ends where the stock diffusers pipeline ends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark_scripts import load_benchmark
+from visalign.pretrain.build import build_diffusion_pipeline, build_flow_pipeline
+
+script = load_benchmark("x0_trajectory")
+
+
+@pytest.mark.parametrize("family", ["flow", "diffusion"])
+def test_final_frame_is_the_stock_pipeline_sample(tmp_path, family):
+    pipe = build_flow_pipeline(seed=1) if family == "flow" else build_diffusion_pipeline(seed=1)
+    pipe.save_pretrained(tmp_path)
+    prompts = ["a red circle", "two blue squares"]
+    frames = script.trajectory(str(tmp_path), prompts, steps=3, seed=5)
+    assert len(frames) == 4 and all(f.shape == (2, 64, 64, 3) for f in frames)
+
+    noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    extra = {"max_sequence_length": 0} if family == "flow" else {"eta": 0.0}
+    stock = pipe(prompts, latents=noise, num_inference_steps=3, guidance_scale=1.0, output_type="np", **extra)
+    expected = (np.clip(stock.images, 0, 1) * 255).round()
+    assert np.abs(frames[-1].astype(float) - expected).max() <= 1.0  # uint8 rounding only
+    image = script.grid(frames, scale=1, gap=2)
+    assert image.size == (4 * 64 + 3 * 2, 2 * 64)
