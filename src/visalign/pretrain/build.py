@@ -85,8 +85,8 @@ class FlowSpec:
     )
     qk_norm: str | None = None  # "rms_norm" as in SD3.5
     prediction: str = "velocity"  # or "sample" (x0), sampled by a first-order flow DPM-Solver
-    # "learned": the sincos grid becomes a trainable parameter for pretraining; it is saved under the same key
-    # as SD3's persistent pos_embed buffer, so the stock class loads it unchanged
+    # "local": a Gaussian-kernel grid (pretrain/locality.py); "learned": the sincos grid becomes a trainable
+    # parameter for pretraining. Both are saved under SD3's persistent pos_embed buffer: the stock class loads them
     pos_embed: str = "sincos"
 
 

@@ -7,6 +7,9 @@ uniformly (entropy 4.26 nats of a possible 4.38). Both priors below live in tens
 ``SD3Transformer2DModel`` already saves (its persistent ``pos_embed`` buffer, its q / k projections), so a
 folder trained with them loads in plain diffusers.
 
+Measured on ShapesWorld (docs/models.md): the local embedding makes the first layers attend locally and the
+mimetic initialisation makes attention almost self-only, and neither raises the held-out score.
+
 * ``local_position_embedding``: rows whose Gram matrix is a Gaussian kernel over the grid,
   ``E E^T = c * exp(-|p_i - p_j|^2 / (2 l^2))``, so position similarity falls off with distance.
 * ``mimetic_qk_init`` (Trockman & Kolter 2023, "Mimetic Initialization of Self-Attention Layers"): each head's

@@ -477,6 +477,11 @@ def _reflow_pairs(
     return pairs
 
 
+def _clip_transformer(tower: Any) -> torch.nn.Module:
+    """The CLIP text transformer of a tower (``CLIPTextModel`` holds its layers directly in transformers 5)."""
+    return tower.text_model if hasattr(tower, "text_model") else tower
+
+
 def init_text_towers(pipe: Any, source: str) -> None:
     """Copy the CLIP transformer of ``source``'s text_encoder into every text tower of ``pipe``."""
     from visalign.models.loading import load_pipeline
@@ -484,18 +489,16 @@ def init_text_towers(pipe: Any, source: str) -> None:
     _, src = load_pipeline(source)
     if src.tokenizer.get_vocab() != pipe.tokenizer.get_vocab():
         raise UserError(f"text.init_from={source}: its tokenizer's vocabulary differs from this model's")
-    def transformer_of(tower: Any) -> torch.nn.Module:  # CLIPTextModel holds it directly (transformers 5)
-        return tower.text_model if hasattr(tower, "text_model") else tower
-
-    weights = transformer_of(src.text_encoder).state_dict()
+    weights = _clip_transformer(src.text_encoder).state_dict()
     for name in ("text_encoder", "text_encoder_2"):
         tower = getattr(pipe, name, None)
         if tower is None:
             continue
         try:
-            transformer_of(tower).load_state_dict(weights)
+            _clip_transformer(tower).load_state_dict(weights)
         except RuntimeError as err:  # sizes differ: name the first mismatch, not the whole report
-            raise UserError(f"text.init_from={source}: its text encoder does not fit {name}: {str(err).splitlines()[1].strip()}") from None
+            lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line] or [str(err)]
+            raise UserError(f"text.init_from={source}: its text encoder does not fit {name}: {lines[0]}") from None
 
 
 def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: Any, console: Console) -> Any:
