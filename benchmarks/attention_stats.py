@@ -120,4 +120,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from visalign.errors import UserError
+
+    try:
+        main()
+    except UserError as err:  # a missing or incomplete model folder: one line, no traceback
+        raise SystemExit(f"error: {err}") from None
