@@ -120,9 +120,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from visalign.errors import UserError
+    from visalign.errors import exit_on_user_error
 
-    try:
-        main()
-    except UserError as err:  # a missing or incomplete model folder: one line, no traceback
-        raise SystemExit(f"error: {err}") from None
+    exit_on_user_error(main)  # a missing or incomplete model folder: one line, no traceback

@@ -27,3 +27,22 @@ def test_final_frame_is_the_stock_pipeline_sample(tmp_path, family):
     assert np.abs(frames[-1].astype(float) - expected).max() <= 1.0  # uint8 rounding only
     image = script.grid(frames, scale=1, gap=2)
     assert image.size == (4 * 64 + 3 * 2, 2 * 64)
+
+
+def test_a_missing_model_folder_is_one_line_and_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from benchmark_scripts import BENCHMARKS
+
+    missing = tmp_path / "no-such-model"
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "x0_trajectory.py"), str(missing), "--out", str(tmp_path / "x.png")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert run.returncode == 2
+    assert f"error: {missing}: no such model folder" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -7,6 +7,9 @@ visalign itself stay ordinary exceptions so that they keep their traceback.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class UserError(Exception):
     """An error caused by user input; the message must name the file / key / line at fault."""
@@ -22,3 +25,12 @@ def where(path: object, line: int | None = None, key: str | None = None) -> str:
     if key is not None:
         text += f" [{key}]"
     return text
+
+
+def exit_on_user_error(main: Callable[[], object]) -> None:
+    """Run a script's ``main``; a ``UserError`` becomes one line on stderr and its exit code, as in the CLI."""
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
