@@ -28,8 +28,9 @@ PROMPTS = [
 
 
 def _decode(vae, latents: torch.Tensor) -> np.ndarray:
-    z = latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-    images = vae.decode(z).sample.clamp(-1, 1)
+    from visalign.pretrain.loop import decode_normalised
+
+    images = decode_normalised(vae, latents).clamp(-1, 1)
     return ((images + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
@@ -46,9 +47,9 @@ def trajectory(model: str, prompts: list[str], steps: int, seed: int) -> list[np
     channels, size = pipe.vae.config.latent_channels, denoiser.config.sample_size
     x = torch.randn(len(prompts), channels, size, size, generator=torch.Generator().manual_seed(seed))
     scheduler = pipe.scheduler
+    scheduler.set_timesteps(steps)
     frames = []
     if family == "flow":
-        scheduler.set_timesteps(steps)
         sigmas = scheduler.sigmas.float()
         predicts_sample = scheduler.config.get("prediction_type") == "sample"
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
@@ -57,7 +58,6 @@ def trajectory(model: str, prompts: list[str], steps: int, seed: int) -> list[np
             frames.append(_decode(pipe.vae, x0))
             x = x + (sigma_next - sigma) * (x - x0) / sigma  # Euler on v = (x - x0) / sigma
     else:
-        scheduler.set_timesteps(steps)
         for t in scheduler.timesteps:
             out = denoiser(x, t, **cond).sample
             step = scheduler.step(out, t, x, eta=0.0)

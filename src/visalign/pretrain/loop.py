@@ -345,13 +345,23 @@ def encode_text(pipe: Any, family: str, prompts: list[str]) -> dict[str, torch.T
     return {"encoder_hidden_states": embeds}
 
 
+def encode_normalised(vae: Any, images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> the posterior mode in the denoiser's units: (z - shift_factor) * scaling_factor."""
+    z = vae.encode(images).latent_dist.mode()
+    return (z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+
+
+def decode_normalised(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse normalisation, then the decoder: images in about [-1, 1]."""
+    return vae.decode(latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)).sample
+
+
 def decoded_x0_loss(vae: Any, x0_hat: torch.Tensor, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Pixel MSE between the decoded x0 estimate (normalised latents) and the images, averaged over ``rows`` only
     (0 when none is selected). Gradients flow through the frozen decoder into ``x0_hat``."""
     if not bool(rows.any()):
         return x0_hat.sum() * 0.0
-    latents = x0_hat[rows] / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-    return F.mse_loss(vae.decode(latents).sample, images[rows])
+    return F.mse_loss(decode_normalised(vae, x0_hat[rows]), images[rows])
 
 
 def denoiser_loss(
@@ -374,8 +384,7 @@ def denoiser_loss(
         z, noise = pair
     else:
         with torch.no_grad():
-            z = vae.encode(images).latent_dist.mode()
-            z = (z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+            z = encode_normalised(vae, images)
         noise = torch.randn(z.shape, generator=gen)
     cond = encode_text(pipe, family, prompts)
     n = z.shape[0]
