@@ -148,6 +148,19 @@ def test_train_tags_must_be_shapesworld_tags(tmp_path):
         load_config(PretrainConfig, None, [*TINY, "train.tags=[single_objekt]"])
 
 
+def _normalised_latents(vae, images: torch.Tensor) -> torch.Tensor:
+    """SD3's latent normalisation written out: (posterior mode - shift_factor) * scaling_factor."""
+    return (vae.encode(images).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
+
+
+def _transformer_output(pipe, x_t: torch.Tensor, sigma: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """The stock pipeline's prompt encoding (no T5 tokens) and the transformer at timestep 1000 sigma."""
+    embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=False,
+                                              max_sequence_length=0)  # fmt: skip
+    return pipe.transformer(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=embeds,
+                            pooled_projections=pooled).sample  # fmt: skip
+
+
 def test_flow_loss_matches_the_hand_computed_target_with_shifted_logit_normal_sigma(tmp_path):
     """sigma = sigmoid(m + s n) (SD3's logit-normal), x_t = (1 - sigma) z + sigma eps, target eps - z."""
     from visalign.pretrain.build import build_flow_pipeline
@@ -164,16 +177,12 @@ def test_flow_loss_matches_the_hand_computed_target_with_shifted_logit_normal_si
     loss = denoiser_loss(pipe, "flow", cfg, images, prompts, torch.Generator().manual_seed(7))
 
     gen = torch.Generator().manual_seed(7)
-    vae = pipe.vae
-    z = (vae.encode(images).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
+    z = _normalised_latents(pipe.vae, images)
     noise = torch.randn(z.shape, generator=gen)
     n = torch.randn(3, generator=gen)
     sigma = 1.0 / (1.0 + torch.exp(-(1.5 + 0.5 * n)))
     s = sigma.view(3, 1, 1, 1)
-    embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=False,
-                                              max_sequence_length=0)  # fmt: skip
-    pred = pipe.transformer(hidden_states=(1 - s) * z + s * noise, timestep=sigma * 1000,
-                            encoder_hidden_states=embeds, pooled_projections=pooled).sample  # fmt: skip
+    pred = _transformer_output(pipe, (1 - s) * z + s * noise, sigma, prompts)
     assert torch.allclose(loss, ((pred - (noise - z)) ** 2).mean(), rtol=1e-5, atol=1e-6)
 
     # with a teacher, its x0 replaces the data where it is valid: v target (x_t - x0_hat) / sigma there
@@ -192,6 +201,30 @@ def test_flow_loss_matches_the_hand_computed_target_with_shifted_logit_normal_si
     target = (x_t - teacher.x0_hat) / s
     target[1] = noise[1] - z[1]  # the row outside the teacher's schedule keeps the data target
     assert torch.allclose(loss_t, ((pred - target) ** 2).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_flow_max_sigma_scales_every_training_sigma(tmp_path):
+    """flow.max_sigma = 0.5 with uniform sigma: sigma = 0.5 u, and the model is told that sigma."""
+    from visalign.pretrain.build import build_flow_pipeline
+    from visalign.pretrain.config import model_spec
+    from visalign.pretrain.loop import denoiser_loss
+
+    overrides = ["family=flow", "flow.timestep_sampling=uniform", "flow.max_sigma=0.5"]
+    cfg = load_config(PretrainConfig, None, [*TINY, *overrides])
+    pipe = build_flow_pipeline(model_spec(cfg), seed=0)
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    prompts = ["a red circle", "a blue star"]
+    loss = denoiser_loss(pipe, "flow", cfg, images, prompts, torch.Generator().manual_seed(4))
+
+    gen = torch.Generator().manual_seed(4)
+    z = _normalised_latents(pipe.vae, images)
+    noise = torch.randn(z.shape, generator=gen)
+    sigma = 0.5 * torch.rand(2, generator=gen)
+    s = sigma.view(2, 1, 1, 1)
+    pred = _transformer_output(pipe, (1 - s) * z + s * noise, sigma, prompts)
+    assert torch.allclose(loss, ((pred - (noise - z)) ** 2).mean(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match="max_sigma"):
+        load_config(PretrainConfig, None, [*TINY, "flow.max_sigma=1.5"])
 
 
 def test_flow_pixel_loss_decodes_the_x0_estimate_on_low_noise_rows(tmp_path):

@@ -393,6 +393,7 @@ def denoiser_loss(
             sigma = torch.sigmoid(cfg.flow.logit_mean + cfg.flow.logit_std * torch.randn(n, generator=gen))
         else:
             sigma = torch.rand(n, generator=gen)
+        sigma = cfg.flow.max_sigma * sigma
         s = sigma.view(n, 1, 1, 1)
         x_t = (1 - s) * z + s * noise
         pred = pipe.transformer(hidden_states=x_t, timestep=sigma * 1000, return_dict=False, **cond)[0]
