@@ -66,9 +66,9 @@ class FlowModelConfig(StrictModel):
     # SD3's logit-normal(m, s): sigma = sigmoid(m + s * n); m > 0 spends more updates at high noise
     logit_mean: float = 0.0
     logit_std: float = Field(default=1.0, gt=0)
-    # < 1 scales every training sigma by this (SD1.5's schedule ends at sigma 0.998 with 0.068 of the signal, and
-    # its sampler still starts from pure noise): the model never sees pure noise in training, so at the sampler's
-    # first step it reads a scene into the noise instead of predicting the average scene
+    # < 1 scales every training sigma by this, as SD1.5's schedule ends at sigma 0.998 with 0.068 of the signal
+    # while its sampler starts from pure noise: never trained on pure noise, the model is meant to read a scene
+    # into the noise at the first step instead of predicting the average scene (0.93 did not help: docs/models.md)
     max_sigma: float = Field(default=1.0, gt=0, le=1)
     qk_norm: Literal["none", "rms_norm"] = "none"  # SD3.5's RMS norm on queries and keys
     # learned: the position embedding (SD3's persistent sincos buffer) is trained with the transformer
