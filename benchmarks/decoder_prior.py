@@ -48,6 +48,7 @@ def finetune_decoder(
 
     from visalign.models.loading import resolve_model_path
     from visalign.pretrain.data import ShapesData
+    from visalign.pretrain.loop import reconstruction_loss
 
     src = resolve_model_path(model)
     if out.exists():
@@ -69,7 +70,7 @@ def finetune_decoder(
             with torch.no_grad():
                 z = corrupt(vae.encode(x).latent_dist.mode(), mode, level, gen)
             y = vae.decode(z).sample
-            loss = (y - x).abs().mean() + F.mse_loss(y, x)  # the autoencoder stage's reconstruction loss
+            loss = reconstruction_loss(y, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained, 1.0)
