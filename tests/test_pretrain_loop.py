@@ -242,15 +242,12 @@ def test_flow_pixel_loss_decodes_the_x0_estimate_on_low_noise_rows(tmp_path):
 
     gen = torch.Generator().manual_seed(3)
     vae = pipe.vae
-    z = (vae.encode(images).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
+    z = _normalised_latents(vae, images)
     noise = torch.randn(z.shape, generator=gen)
     sigma = torch.sigmoid(torch.randn(4, generator=gen))
     s = sigma.view(4, 1, 1, 1)
     x_t = (1 - s) * z + s * noise
-    embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=False,
-                                              max_sequence_length=0)  # fmt: skip
-    v_hat = pipe.transformer(hidden_states=x_t, timestep=sigma * 1000,
-                             encoder_hidden_states=embeds, pooled_projections=pooled).sample  # fmt: skip
+    v_hat = _transformer_output(pipe, x_t, sigma, prompts)
     rows = sigma <= 0.5
     assert 0 < int(rows.sum()) < 4  # the seed gives both kinds of rows
     x0_hat = x_t - s * v_hat
