@@ -42,6 +42,7 @@ TINY = [
     "log.grid_prompts=2",
     "log.final_images_per_prompt=0",
     "threads=1",
+    "data_workers=0",  # one test below runs the worker process; spawning one costs seconds
 ]
 
 
@@ -88,6 +89,20 @@ def test_resume_matches_uninterrupted_run(tmp_path, family):
         run_pretrain(_config(tmp_path, family, 3, 2, "full"), quiet)
     info = json.loads((full / "visalign.json").read_text())
     assert info["family"] == family and info["training"]["denoiser_steps"] == 4
+
+
+def test_a_data_worker_process_gives_the_same_weights(tmp_path):
+    """Rendering and encoding in a spawned DataLoader worker (the recipes' default) must not change a bit."""
+    quiet = Console(quiet=True)
+    inline = run_pretrain(_config(tmp_path, "diffusion", 3, 4, "inline"), quiet)
+    cfg = _config(tmp_path, "diffusion", 3, 4, "worker").model_copy(update={"data_workers": 1})
+    worker = run_pretrain(cfg, quiet)
+    ref, got = _weights(inline), _weights(worker)
+    assert ref.keys() == got.keys()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    vae_ref = load_pipeline(inline)[1].vae.state_dict()
+    vae_got = load_pipeline(worker)[1].vae.state_dict()
+    assert all(torch.equal(vae_ref[k], vae_got[k]) for k in vae_ref)
 
 
 def test_config_rejects_unknown_key(tmp_path):

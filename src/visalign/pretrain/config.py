@@ -175,6 +175,9 @@ class PretrainConfig(StrictModel):
     run_dir: str = "runs/pretrain"
     image_size: int = 64
     threads: int = 2
+    # Processes that render (and encode) the next batches on another core while this one trains (prefetch.py);
+    # 0 does it in the training process. The weights come out the same either way.
+    data_workers: int = Field(default=1, ge=0)
     vae: VAEConfig = VAEConfig()
     text: TextConfig = TextConfig()
     flow: FlowModelConfig = FlowModelConfig()

@@ -69,6 +69,7 @@ from visalign.pretrain.data import ShapesData
 from visalign.pretrain.export import save_pipeline
 from visalign.pretrain.generate import generate, image_seed, pipeline_kwargs
 from visalign.pretrain.latent_norm import fold_channel_normalization
+from visalign.pretrain.prefetch import encode_normalised, next_batch, stage_batches
 from visalign.pretrain.reflow import ReflowPairs, load_or_generate_pairs
 from visalign.pretrain.teacher import DiffusionTeacher
 
@@ -163,12 +164,13 @@ def train_vae(cfg: PretrainConfig, run_dir: Path, data: ShapesData, console: Con
     t0 = time.perf_counter() - wall
     metrics = run_dir / "metrics.jsonl"
     truncate_jsonl(metrics, "vae_step", start)
+    batches = stage_batches(data, "vae", v.batch_size, start, v.steps, cfg.data_workers)
     with _progress(console) as progress:
         task = progress.add_task("vae", total=v.steps, completed=start, info="")
         for step in range(start, v.steps):
             for group in opt.param_groups:
                 group["lr"] = v.lr * _lr_factor(step, v.warmup)
-            x = data.batch("vae", step, v.batch_size).images
+            x = next_batch(batches, step).images
             post = vae.encode(x).latent_dist
             z = decoder_input(post, v.latent_noise, _torch_gen(cfg.seed, 1, step))
             y = vae.decode(z).sample
@@ -350,12 +352,6 @@ def encode_text(pipe: Any, family: str, prompts: list[str]) -> dict[str, torch.T
     return {"encoder_hidden_states": embeds}
 
 
-def encode_normalised(vae: Any, images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> the posterior mode in the denoiser's units: (z - shift_factor) * scaling_factor."""
-    z = vae.encode(images).latent_dist.mode()
-    return (z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
-
-
 def decode_normalised(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     """The inverse normalisation, then the decoder: images in about [-1, 1]."""
     return vae.decode(latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)).sample
@@ -378,18 +374,22 @@ def denoiser_loss(
     gen: torch.Generator,
     teacher: DiffusionTeacher | None = None,
     pair: tuple[torch.Tensor, torch.Tensor] | None = None,
+    latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The target the pipeline's scheduler declares (flow: v = eps - x0 or x0; diffusion: eps, v or x0), on images
     in [-1, 1]. With a ``teacher`` (flow only) the clean latent in the target is the teacher's estimate
     E[x0 | x_t] wherever its schedule reaches sigma (``pretrain/teacher.py``), so v = (x_t - x0_hat) / sigma.
     With a reflow ``pair`` (normalised latents, the noise they were sampled from) ``images`` is unused and the
-    path runs between the two (``pretrain/reflow.py``)."""
+    path runs between the two (``pretrain/reflow.py``). ``latents``: ``images`` already encoded (``prefetch.py``)."""
     vae = pipe.vae
     if pair is not None:  # reflow: the teacher's latents and the noise they came from (pretrain/reflow.py)
         z, noise = pair
     else:
-        with torch.no_grad():
-            z = encode_normalised(vae, images)
+        if latents is not None:
+            z = latents
+        else:
+            with torch.no_grad():
+                z = encode_normalised(vae, images)
         noise = torch.randn(z.shape, generator=gen)
     cond = encode_text(pipe, family, prompts)
     n = z.shape[0]
@@ -599,18 +599,24 @@ def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: An
     t0 = time.perf_counter() - wall
     for m in trainables.values():
         m.train()
+    # Reflow batches come from the cached pairs; rendered batches from a worker that also encodes them.
+    batches = None if pairs is not None else stage_batches(
+        data, "denoiser", t.batch_size, start, t.steps, cfg.data_workers, t.prompt_dropout, pipe.vae
+    )
     with _progress(console) as progress:
         task = progress.add_task(family, total=t.steps, completed=start, info="")
         for step in range(start, t.steps):
             for group in opt.param_groups:
                 group["lr"] = t.lr * _lr_factor(step, t.warmup, t.steps, t.decay_steps)
             gen = _torch_gen(cfg.seed, 2, step)
-            if pairs is not None:
+            if batches is None:
                 z, noise, prompts = pairs.batch(data.rng("reflow", step), t.batch_size, t.prompt_dropout)
                 loss = denoiser_loss(pipe, family, cfg, None, prompts, gen, teacher, pair=(z, noise))
             else:
-                batch = data.batch("denoiser", step, t.batch_size, prompt_dropout=t.prompt_dropout)
-                loss = denoiser_loss(pipe, family, cfg, batch.images, batch.prompts, gen, teacher)
+                batch = next_batch(batches, step)
+                loss = denoiser_loss(
+                    pipe, family, cfg, batch.images, batch.prompts, gen, teacher, latents=batch.latents
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
