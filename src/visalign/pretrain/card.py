@@ -245,7 +245,8 @@ def write_card(
             if flow
             else ", uniform timesteps."
         ),
-        f"Wall times are on a 2-core x86 CPU shared with other jobs, {cfg.threads} torch thread(s).",
+        f"Wall times as the run measured them on a 2-core x86 CPU (other jobs may have shared it), {cfg.threads} "
+        f"torch thread(s) for training, {cfg.data_workers} data worker process(es) rendering and encoding batches.",
         "",
     ]
     if flow and cfg.flow.teacher:
