@@ -385,11 +385,10 @@ def denoiser_loss(
     if pair is not None:  # reflow: the teacher's latents and the noise they came from (pretrain/reflow.py)
         z, noise = pair
     else:
-        if latents is not None:
-            z = latents
-        else:
+        if latents is None:
             with torch.no_grad():
-                z = encode_normalised(vae, images)
+                latents = encode_normalised(vae, images)
+        z = latents
         noise = torch.randn(z.shape, generator=gen)
     cond = encode_text(pipe, family, prompts)
     n = z.shape[0]
