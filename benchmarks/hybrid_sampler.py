@@ -77,20 +77,19 @@ def main() -> None:
         model = flow_x0(flow, encode_text(flow, "flow", prompts))
     c, h, w = flow.vae.config.latent_channels, flow.transformer.config.sample_size, flow.transformer.config.sample_size
     noise = torch.randn(len(prompts), c, h, w, generator=torch.Generator().manual_seed(args.seed))
+    def strict(latents: torch.Tensor) -> float:
+        images = decode_normalised(flow.vae, latents).clamp(-1, 1).add(1).mul(127.5).round().byte()
+        return round(_score(list(images.permute(0, 2, 3, 1).numpy()), metadata)["overall"], 3)
+
     name = args.other or args.flow
     for switch in [0.0, *(float(s) for s in args.switch.split(","))]:
         for order, (first, second) in {"model_then_unet": (model, unet), "unet_then_model": (unet, model)}.items():
             if switch == 0.0 and order == "unet_then_model":
                 continue  # the UNet alone: the reference row below
-            latents = sample(first, second, switch, noise, args.steps)
-            images = decode_normalised(flow.vae, latents).clamp(-1, 1).add(1).mul(127.5).round().byte()
-            score = _score(list(images.permute(0, 2, 3, 1).numpy()), metadata)
-            row = {"model": name, "order": order, "switch": switch, "strict": round(score["overall"], 3)}
-            print(json.dumps(row), flush=True)
-    latents = sample(unet, unet, 0.0, noise, args.steps)
-    images = decode_normalised(flow.vae, latents).clamp(-1, 1).add(1).mul(127.5).round().byte()
-    score = _score(list(images.permute(0, 2, 3, 1).numpy()), metadata)
-    print(json.dumps({"model": args.unet, "order": "unet_alone", "switch": None, "strict": round(score["overall"], 3)}))
+            score = strict(sample(first, second, switch, noise, args.steps))
+            print(json.dumps({"model": name, "order": order, "switch": switch, "strict": score}), flush=True)
+    score = strict(sample(unet, unet, 0.0, noise, args.steps))
+    print(json.dumps({"model": args.unet, "order": "unet_alone", "switch": None, "strict": score}))
 
 
 if __name__ == "__main__":
