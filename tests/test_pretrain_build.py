@@ -7,6 +7,7 @@ import time
 import torch
 
 from visalign.pretrain.build import (
+    DiffusionSpec,
     FlowSpec,
     build_diffusion_pipeline,
     build_flow_pipeline,
@@ -60,6 +61,29 @@ def test_diffusion_pipeline_sampling():
     gen = torch.Generator().manual_seed(0)
     out = pipe(["a red star", ""], num_inference_steps=2, guidance_scale=3.0, generator=gen, output_type="np")
     assert out.images.shape == (2, 64, 64, 3)
+
+
+def test_unet_prompt_paths_are_stock_diffusers_options_that_the_pipeline_reloads(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    spec = DiffusionSpec(cross_attention_levels=(True, True), only_cross_attention_levels=(True, False),
+                         addition_embed_type="text", addition_embed_type_num_heads=2)  # fmt: skip
+    pipe = build_diffusion_pipeline(spec)
+    first = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0]
+    second = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0]
+    assert first.only_cross_attention and first.attn1.is_cross_attention  # no self-attention at full size
+    assert not second.only_cross_attention and not second.attn1.is_cross_attention
+    x = torch.randn(2, 4, 16, 16)
+    text = torch.randn(2, 16, pipe.unet.config.cross_attention_dim)
+    with torch.no_grad():
+        out = pipe.unet(x, 500, encoder_hidden_states=text).sample
+        shifted = pipe.unet(x, 500, encoder_hidden_states=text.roll(1, dims=0)).sample
+    assert not torch.allclose(out, shifted)
+    pipe.save_pretrained(tmp_path)
+    stock = StableDiffusionPipeline.from_pretrained(tmp_path)
+    assert stock.unet.config.addition_embed_type == "text"
+    with torch.no_grad():
+        assert torch.equal(stock.unet(x, 500, encoder_hidden_states=text).sample, out)
 
 
 def test_learned_position_embedding_trains_and_loads_into_the_stock_class(tmp_path):

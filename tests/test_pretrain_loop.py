@@ -163,6 +163,37 @@ def test_train_tags_must_be_shapesworld_tags(tmp_path):
         load_config(PretrainConfig, None, [*TINY, "train.tags=[single_objekt]"])
 
 
+def test_tag_weights_and_text_length_balance_set_the_mixture():
+    import collections
+
+    import numpy as np
+
+    cfg = load_config(PretrainConfig, None, [*TINY, "train.tag_weights={text: 3}", "train.text_length_balanced=true"])
+    data = ShapesData(0, 64, tag_weights=cfg.train.tag_weights, text_length_balanced=cfg.train.text_length_balanced)
+    drawn = data.draw(np.random.default_rng(0), 9000)
+    tags = collections.Counter(m["tag"] for m in drawn)
+    assert abs(tags["text"] / 9000 - 3 / 9) < 0.02  # 3 against 1 for each of the six other tags
+    assert abs(tags["colors"] / 9000 - 1 / 9) < 0.015
+    lengths = collections.Counter(len(m["text"]) for m in drawn if m["tag"] == "text")
+    assert all(abs(lengths[n] / tags["text"] - 1 / 3) < 0.03 for n in (1, 2, 3))  # 8 / 86 / 206 numbers
+    plain = collections.Counter(len(m["text"]) for m in ShapesData(0, 64).draw(np.random.default_rng(0), 9000)
+                                if m["tag"] == "text")  # fmt: skip
+    assert plain[3] > 10 * plain[1]
+    for bad, key in (("{text: 0}", "tag weights must be positive"), ("{txt: 2}", "txt")):
+        with pytest.raises(UserError, match=key):
+            load_config(PretrainConfig, None, [*TINY, f"train.tag_weights={bad}"])
+
+
+def test_text_lengths_keep_only_numbers_of_those_digit_counts():
+    cfg = load_config(PretrainConfig, None, [*TINY, "train.tags=[text, colors]", "train.text_lengths=[1, 2]"])
+    data = ShapesData(0, 64, tags=cfg.train.tags, text_lengths=cfg.train.text_lengths)
+    text = [m for m in data.items if m["tag"] == "text"]
+    assert {len(m["text"]) for m in text} == {1, 2} and len(text) == 8 + 86
+    assert any(m["tag"] == "colors" for m in data.items)
+    with pytest.raises(UserError, match="digit counts from 1 to 3"):
+        load_config(PretrainConfig, None, [*TINY, "train.text_lengths=[4]"])
+
+
 def _normalised_latents(vae, images: torch.Tensor) -> torch.Tensor:
     """SD3's latent normalisation written out: (posterior mode - shift_factor) * scaling_factor."""
     return (vae.encode(images).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
@@ -320,3 +351,12 @@ def test_decoder_input_adds_noise_relative_to_the_latent_std():
     assert torch.allclose(noisy, expected)
     # the added noise is a quarter of the latents' own spread (std 3), whatever their scale
     assert abs((noisy - plain).std().item() / plain.std().item() - 0.25) < 0.01
+
+
+def test_model_card_names_the_data_mixture():
+    from visalign.pretrain.card import _mixture
+
+    assert _mixture(load_config(PretrainConfig, None, TINY)) == ", tags drawn uniformly"
+    weighted = load_config(PretrainConfig, None, [*TINY, "train.tag_weights={text: 3}", "train.text_length_balanced=true", "train.text_lengths=[1, 2]"])  # fmt: skip
+    assert _mixture(weighted) == (", tags drawn with odds text 3 (1 for each other tag), numbers of 1, 2 digit(s) "
+                                  "only, text numbers by a uniform digit count first")  # fmt: skip

@@ -101,6 +101,9 @@ class DiffusionSpec:
     attention_head_dim: int = 4
     norm_num_groups: int = 4
     cross_attention_levels: tuple[bool, ...] = (True, False)
+    only_cross_attention_levels: tuple[bool, ...] | None = None
+    addition_embed_type: str | None = None
+    addition_embed_type_num_heads: int = 4
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
     beta_end: float = 0.012
@@ -258,6 +261,9 @@ def build_diffusion_pipeline(spec: DiffusionSpec | None = None, seed: int = 0) -
     spec = spec or DiffusionSpec()
     if len(spec.cross_attention_levels) != len(spec.block_out_channels):
         raise ValueError("cross_attention_levels needs one flag per UNet level")
+    only_cross = spec.only_cross_attention_levels
+    if only_cross is not None and len(only_cross) != len(spec.block_out_channels):
+        raise ValueError("only_cross_attention_levels needs one flag per UNet level")
     torch.manual_seed(seed)
     words = _words(spec.text)
     tokenizer = build_tokenizer(words, model_max_length=spec.text.max_length)
@@ -276,6 +282,9 @@ def build_diffusion_pipeline(spec: DiffusionSpec | None = None, seed: int = 0) -
         cross_attention_dim=spec.text.hidden_size,
         attention_head_dim=spec.attention_head_dim,
         norm_num_groups=spec.norm_num_groups,
+        only_cross_attention=False if only_cross is None else tuple(only_cross),
+        addition_embed_type=spec.addition_embed_type,
+        addition_embed_type_num_heads=spec.addition_embed_type_num_heads,
     )
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,

@@ -21,6 +21,24 @@ FINAL_EVAL = "final_eval.json"
 _PREDICTION_WORDS = {"epsilon": "epsilon-prediction", "v_prediction": "v-prediction", "sample": "x0-prediction"}
 
 
+def _mixture(cfg: PretrainConfig) -> str:
+    """How the training items were drawn, for the card's data sentence."""
+    tr = cfg.train
+    if not tr.tag_balanced:
+        return ", items drawn uniformly"
+    text = ", tags drawn uniformly"
+    if tr.tag_weights:
+        odds = ", ".join(f"{tag} {w:g}" for tag, w in sorted(tr.tag_weights.items()))
+        text = f", tags drawn with odds {odds} (1 for each other tag)"
+    if tr.tags:
+        text += f", only {', '.join(tr.tags)}"
+    if tr.text_lengths:
+        text += f", numbers of {', '.join(map(str, tr.text_lengths))} digit(s) only"
+    if tr.text_length_balanced:
+        text += ", text numbers by a uniform digit count first"
+    return text
+
+
 def sample_test_split(
     pipe: Any, cfg: PretrainConfig, images_per_prompt: int, seed: int
 ) -> tuple[Any, list[dict[str, Any]]]:
@@ -225,7 +243,7 @@ def write_card(
         "",
         "Data: ShapesWorld train split only, rendered on the fly at "
         f"{cfg.image_size}x{cfg.image_size} (a random scene per item"
-        + (", tags drawn uniformly" if cfg.train.tag_balanced else "")
+        + _mixture(cfg)
         + "). Batches are a function of (seed, step), so a resumed run sees the same data.",
         "",
         "| stage | steps | batch | lr | wall time |",
@@ -237,7 +255,9 @@ def write_card(
         f"| 2: {denoiser}{' + text encoders' if t.train else ''} | {info['training']['denoiser_steps']} | "
         f"{cfg.train.batch_size} | {cfg.train.lr} | {info['training']['denoiser_wall_s'] / 60:.1f} min |",
         "",
-        f"Stage 2 details: AdamW, {cfg.train.warmup}-step warm-up then constant learning rate, gradient clip "
+        f"Stage 2 details: AdamW, {cfg.train.warmup}-step warm-up then constant learning rate"
+        + (f" (linear decay to 0 over the last {cfg.train.decay_steps} steps)" if cfg.train.decay_steps else "")
+        + ", gradient clip "
         f"{cfg.train.grad_clip}, EMA {cfg.train.ema_decay} (the shipped weights), prompt dropout "
         f"{cfg.train.prompt_dropout} (empty prompt)"
         + (

@@ -108,6 +108,13 @@ class DiffusionModelConfig(StrictModel):
     attention_head_dim: int = 8
     norm_num_groups: int = 8
     cross_attention_levels: list[bool] = [True, True, False]
+    # Per level: attend to the prompt only, without self-attention over the image (diffusers'
+    # ``only_cross_attention``); cheap enough for the 16x16 level, where self-attention is not.
+    only_cross_attention_levels: list[bool] | None = None
+    # "text": an attention-pooled prompt embedding is added to the timestep embedding, so every ResNet block
+    # sees the whole prompt (diffusers' ``addition_embed_type``, as in UnCLIP / Kandinsky's text path).
+    addition_embed_type: Literal["text"] | None = None
+    addition_embed_type_num_heads: int = 4
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
     beta_end: float = 0.012
@@ -131,6 +138,13 @@ class TrainConfig(StrictModel):
     prompt_dropout: float = 0.1  # the empty prompt, so that classifier-free guidance is available
     tag_balanced: bool = True  # draw a tag uniformly, then a train prompt of that tag
     tags: list[str] | None = None  # train on these tags only (None: all)
+    # Relative odds of each tag when tag-balanced (a tag left out weighs 1): digits need thousands of text
+    # scenes before the glyphs follow the prompt (docs/models.md, "Why `text` is 0").
+    tag_weights: dict[str, float] | None = None
+    # Text scenes: a uniform number length (1-3 digits), then a number of that length; without it the
+    # 8 one-digit train numbers make 3% of the text scenes and the 206 three-digit ones 69%.
+    text_length_balanced: bool = False
+    text_lengths: list[int] | None = None  # text scenes: only numbers of these digit counts (None: all)
 
     @field_validator("tags")
     @classmethod
@@ -142,6 +156,29 @@ class TrainConfig(StrictModel):
             if unknown or not tags:
                 raise ValueError(f"unknown ShapesWorld tags {unknown} (known: {', '.join(TAGS)})")
         return tags
+
+    @field_validator("text_lengths")
+    @classmethod
+    def _digit_counts(cls, lengths: list[int] | None) -> list[int] | None:
+        from visalign.worlds.shapes.vocab import MAX_DIGITS
+
+        if lengths is not None and (not lengths or any(not 1 <= n <= MAX_DIGITS for n in lengths)):
+            raise ValueError(f"text lengths are digit counts from 1 to {MAX_DIGITS}, got {lengths}")
+        return lengths
+
+    @field_validator("tag_weights")
+    @classmethod
+    def _known_weights(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        from visalign.worlds.shapes.vocab import TAGS
+
+        if weights is not None:
+            unknown = [t for t in weights if t not in TAGS]
+            if unknown:
+                raise ValueError(f"unknown ShapesWorld tags {unknown} (known: {', '.join(TAGS)})")
+            bad = {t: w for t, w in weights.items() if not w > 0}
+            if bad:
+                raise ValueError(f"tag weights must be positive, got {bad}")
+        return weights
 
 
 class SampleConfig(StrictModel):
@@ -238,6 +275,11 @@ def model_spec(cfg: PretrainConfig) -> FlowSpec | DiffusionSpec:
         attention_head_dim=d.attention_head_dim,
         norm_num_groups=d.norm_num_groups,
         cross_attention_levels=tuple(d.cross_attention_levels),
+        only_cross_attention_levels=(
+            None if d.only_cross_attention_levels is None else tuple(d.only_cross_attention_levels)
+        ),
+        addition_embed_type=d.addition_embed_type,
+        addition_embed_type_num_heads=d.addition_embed_type_num_heads,
         beta_schedule=d.beta_schedule,
         beta_start=d.beta_start,
         beta_end=d.beta_end,

@@ -34,27 +34,55 @@ class ShapesData:
         tag_balanced: bool = True,
         split: str = "train",
         tags: list[str] | None = None,
+        tag_weights: dict[str, float] | None = None,
+        text_length_balanced: bool = False,
+        text_lengths: list[int] | None = None,
     ):
         from visalign.worlds.shapes.prompts import load_split
 
         self.seed = seed
         self.image_size = image_size
-        self.items = [m for m in load_split(split) if tags is None or m["tag"] in tags]
+        self.items = [
+            m
+            for m in load_split(split)
+            if (tags is None or m["tag"] in tags)
+            and (text_lengths is None or m["tag"] != "text" or len(m["text"]) in text_lengths)
+        ]
         if not self.items:
             raise ValueError(f"ShapesWorld {split} split has no items" + (f" with tags {tags}" if tags else ""))
         self.tag_balanced = tag_balanced
         tags = sorted({m["tag"] for m in self.items})
         self.by_tag = {t: [i for i, m in enumerate(self.items) if m["tag"] == t] for t in tags}
+        self.tag_odds = None
+        if tag_weights is not None:
+            odds = np.array([tag_weights.get(t, 1.0) for t in self.by_tag], dtype=float)
+            self.tag_odds = odds / odds.sum()
+        self.text_by_length: list[list[int]] | None = None
+        if text_length_balanced and "text" in self.by_tag:
+            lengths = sorted({len(self.items[i]["text"]) for i in self.by_tag["text"]})
+            self.text_by_length = [
+                [i for i in self.by_tag["text"] if len(self.items[i]["text"]) == n] for n in lengths
+            ]
 
     def rng(self, stage: str, step: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, STAGE_IDS[stage], step])
 
+    def _pick_tag(self, rng: np.random.Generator) -> str:
+        tags = list(self.by_tag)
+        if self.tag_odds is None:
+            return tags[rng.integers(len(tags))]
+        return tags[rng.choice(len(tags), p=self.tag_odds)]
+
+    def _pool(self, tag: str, rng: np.random.Generator) -> list[int]:
+        if tag == "text" and self.text_by_length is not None:
+            return self.text_by_length[rng.integers(len(self.text_by_length))]
+        return self.by_tag[tag]
+
     def draw(self, rng: np.random.Generator, size: int) -> list[dict]:
-        """``size`` train items: a uniform tag, then a uniform item of that tag (or uniform items when not
-        tag-balanced)."""
+        """``size`` train items: a tag (uniform, or by ``tag_weights``), then a uniform item of that tag (for
+        text, optionally a uniform number length first); uniform items when not tag-balanced."""
         if self.tag_balanced:
-            tags = list(self.by_tag)
-            picks = [self.by_tag[tags[rng.integers(len(tags))]] for _ in range(size)]
+            picks = [self._pool(self._pick_tag(rng), rng) for _ in range(size)]
             index = [p[rng.integers(len(p))] for p in picks]
         else:
             index = list(rng.integers(len(self.items), size=size))

@@ -753,7 +753,15 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None) -> Path:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
-    data = ShapesData(cfg.seed, cfg.image_size, tag_balanced=cfg.train.tag_balanced, tags=cfg.train.tags)
+    data = ShapesData(
+        cfg.seed,
+        cfg.image_size,
+        tag_balanced=cfg.train.tag_balanced,
+        tags=cfg.train.tags,
+        tag_weights=cfg.train.tag_weights,
+        text_length_balanced=cfg.train.text_length_balanced,
+        text_lengths=cfg.train.text_lengths,
+    )
     t0 = time.perf_counter()
     vae = train_vae(cfg, run_dir, data, console)
     pipe = train_denoiser(cfg, run_dir, data, vae, console)
