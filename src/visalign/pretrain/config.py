@@ -139,7 +139,7 @@ class TrainConfig(StrictModel):
     tag_balanced: bool = True  # draw a tag uniformly, then a train prompt of that tag
     tags: list[str] | None = None  # train on these tags only (None: all)
     # Relative odds of each tag when tag-balanced (a tag left out weighs 1): digits need thousands of text
-    # scenes before the glyphs follow the prompt (docs/models.md, "Why `text` is 0").
+    # scenes before the glyphs follow the prompt (docs/models.md, "Why `text` was 0").
     tag_weights: dict[str, float] | None = None
     # Text scenes: a uniform number length (1-3 digits), then a number of that length; without it the
     # 8 one-digit train numbers make 3% of the text scenes and the 206 three-digit ones 69%.
