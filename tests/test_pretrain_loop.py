@@ -360,3 +360,17 @@ def test_model_card_names_the_data_mixture():
     weighted = load_config(PretrainConfig, None, [*TINY, "train.tag_weights={text: 3}", "train.text_length_balanced=true", "train.text_lengths=[1, 2]"])  # fmt: skip
     assert _mixture(weighted) == (", tags drawn with odds text 3 (1 for each other tag), numbers of 1, 2 digit(s) "
                                   "only, text numbers by a uniform digit count first")  # fmt: skip
+
+
+def test_default_mixture_draws_a_uniform_tag_then_a_uniform_item():
+    # The shipped flow recipe's batches (and so its byte-for-byte reproduction) rest on this exact draw order.
+    import numpy as np
+
+    data = ShapesData(0, 64)
+    tags = sorted({m["tag"] for m in data.items})
+    rng = np.random.default_rng(7)
+    expected = []
+    for tag in [tags[rng.integers(len(tags))] for _ in range(50)]:
+        pool = [m for m in data.items if m["tag"] == tag]
+        expected.append(pool[rng.integers(len(pool))])
+    assert data.draw(np.random.default_rng(7), 50) == expected
