@@ -374,3 +374,21 @@ def test_default_mixture_draws_a_uniform_tag_then_a_uniform_item():
         pool = [m for m in data.items if m["tag"] == tag]
         expected.append(pool[rng.integers(len(pool))])
     assert data.draw(np.random.default_rng(7), 50) == expected
+
+
+@pytest.mark.parametrize(
+    ("prediction", "scheduler"),
+    [("velocity", "FlowMatchEulerDiscreteScheduler"), ("sample", "DPMSolverMultistepScheduler")],
+)
+def test_card_names_the_scheduler_the_folder_carries(tmp_path, prediction, scheduler):
+    cfg = load_config(
+        PretrainConfig,
+        None,
+        [*TINY, "family=flow", f"flow.prediction={prediction}", f"run_dir={tmp_path / 'run'}", "vae.steps=1",
+         "train.steps=1", "log.final_images_per_prompt=1"],
+    )
+    model = run_pretrain(cfg, Console(quiet=True))
+    carried = json.loads((model / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    assert carried == scheduler
+    sampler_lines = [ln for ln in (model / "README.md").read_text().splitlines() if ln.startswith("- scheduler:")]
+    assert sampler_lines and f"`{scheduler}`" in sampler_lines[0]

@@ -96,6 +96,15 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def _scheduler_detail(scheduler_cls: str, cfg: PretrainConfig) -> str:
+    """The settings of the folder's scheduler that the card's scores depend on."""
+    if scheduler_cls == "FlowMatchEulerDiscreteScheduler":
+        return f" (shift {cfg.flow.shift})"
+    if scheduler_cls == "DPMSolverMultistepScheduler":  # what an x0 transformer's folder carries
+        return f" (flow sigmas, first order, shift {cfg.flow.shift})"
+    return " (eta 0, trailing spacing)"
+
+
 def write_card(
     model_dir: Path, run_dir: Path, cfg: PretrainConfig, evaluation: dict[str, Any], name: str
 ) -> Path:
@@ -115,6 +124,7 @@ def write_card(
     sampler = info["sampler"]
     size_mb = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 1e6
     flow = cfg.family == "flow"
+    scheduler_cls = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
     pipeline_cls = "StableDiffusion3Pipeline" if flow else "StableDiffusionPipeline"
     denoiser = "SD3Transformer2DModel" if flow else "UNet2DConditionModel"
     lines = [
@@ -144,8 +154,7 @@ def write_card(
         "",
         "## Sampler (the settings every score below uses)",
         "",
-        f"- scheduler: `{info['spec'] and ('FlowMatchEulerDiscreteScheduler' if flow else 'DDIMScheduler')}`"
-        + (f" (shift {cfg.flow.shift})" if flow else " (eta 0, trailing spacing)"),
+        f"- scheduler: `{scheduler_cls}`" + _scheduler_detail(scheduler_cls, cfg),
         f"- steps: {sampler['num_inference_steps']}, guidance scale: {sampler['guidance_scale']}"
         + (" (no classifier-free guidance)" if sampler["guidance_scale"] <= 1 else ""),
         f"- image size: {cfg.image_size} x {cfg.image_size}",
