@@ -102,7 +102,9 @@ def _scheduler_detail(scheduler_cls: str, cfg: PretrainConfig) -> str:
         return f" (shift {cfg.flow.shift})"
     if scheduler_cls == "DPMSolverMultistepScheduler":  # what an x0 transformer's folder carries
         return f" (flow sigmas, first order, shift {cfg.flow.shift})"
-    return " (eta 0, trailing spacing)"
+    if scheduler_cls == "DDIMScheduler":
+        return " (eta 0, trailing spacing)"
+    return ""  # a scheduler the pretraining recipes do not write: its config says the rest
 
 
 def write_card(
