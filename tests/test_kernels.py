@@ -100,6 +100,22 @@ def test_flow_sde_log_prob_is_the_closed_form_gaussian():
         assert tr.log_prob.dtype == torch.float32 and tr.log_prob.shape == (B,)
 
 
+def test_flow_sde_first_step_just_under_one_is_capped_like_sigma_one():
+    # A scheduler that rounds its timesteps (DPMSolverMultistepScheduler in x0 flow folders) starts at sigma 0.999,
+    # not 1. The denominator's sigma is capped at the schedule's second sigma either way: sigma_t by hand, and the
+    # step keeps the marginal near the exact one. Data at 0 (x0 = 0, v = x / sigma): x_sigma ~ N(0, sigma^2).
+    a, s1 = 0.7, 0.899
+    k = FlowSDE(noise_level=a, sigma_max=s1)
+    for s0 in (1.0, 0.999):
+        assert math.isclose(float(k.sigma_t(torch.tensor([s0]))), a * math.sqrt(s0 / (1 - s1)), rel_tol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    z0, z = torch.randn(n, 4, 4, 4, generator=g), torch.randn(n, 4, 4, 4, generator=g)
+    x = 0.999 * z0
+    x_next = k.step(x, x / 0.999, torch.full((n,), 0.999), torch.full((n,), s1), z).x_next
+    assert abs(float(x_next.std()) - s1) < 0.1 * s1  # uncapped (sigma_t = 22 a) the std is about 2.1
+
+
 def test_flow_sde_last_step_is_deterministic_and_not_trainable():
     x, v, z = _xv()
     k = FlowSDE(noise_level=0.9, sigma_max=0.95)
