@@ -5,9 +5,10 @@ v ~ eps - x_0; a step goes sigma -> sigma' with dt = sigma' - sigma < 0. Coordin
 
 * ``ode``  — Euler step of the probability-flow ODE: x' = x + v dt (deterministic).
 * ``sde``  — Flow-GRPO's reverse SDE (Liu et al., 2025, "Flow-GRPO: Training Flow Matching Models via Online RL"):
-  sigma_t = a sqrt(sigma / (1 - min(sigma, sigma_1))) (sigma_1 = the schedule's second sigma: the first step's sigma,
-  1 or just under it, e.g. 0.999 from a scheduler that rounds its timesteps, is capped there in the denominator, as
-  the reference code replaces sigma = 1 by sigma_1; uncapped, 0.999 gives sigma_t = 22 a and wrecks the sample), mu = x + [v + sigma_t^2 / (2 sigma) (x + (1 - sigma) v)] dt, std = sigma_t sqrt(-dt). With
+  sigma_t = a sqrt(sigma / (1 - min(sigma, sigma_1))), mu = x + [v + sigma_t^2 / (2 sigma) (x + (1 - sigma) v)] dt,
+  std = sigma_t sqrt(-dt). sigma_1 is the schedule's second sigma: the first step's sigma, 1 or just under it (0.999
+  from a scheduler that rounds its timesteps), is capped there in the denominator, as the reference code replaces
+  sigma = 1 by sigma_1; uncapped, 0.999 gives sigma_t = 22 a and wrecks the sample. With
   ``noise_pool`` k > 1 the noise is block-averaged (``sampling/base.py``): x' = mu + std P z and the correction
   term becomes sigma_t^2 / (2 sigma) P (x + (1 - sigma) v), the SDE whose diffusion matrix is sigma_t^2 P.
 * ``cps``  — Coefficients-Preserving Sampling (Wang et al., 2025): s_t = sigma' sin(a pi / 2),
