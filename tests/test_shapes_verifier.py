@@ -169,6 +169,28 @@ def test_clutter_is_no_answer_even_when_it_contains_the_object() -> None:
     assert not v.correct and v.score == 0.0
 
 
+def test_a_bar_is_no_square() -> None:
+    """The shape fingerprint is taken over the outline box, blind to its proportions: rows of long bars once
+    passed as squares (RL on one position prompt learned to paint them). The world never stretches a shape,
+    so a box stretched beyond ``MAX_STRETCH`` against the shape's own proportions names no shape."""
+    from visalign.worlds.shapes import classify
+
+    md = _meta("position", [{"class": "square", "count": 1}, {"class": "circle", "count": 1, "position": ["above", 0]}])
+    img = draw_scene(Scene(64, (SceneObject("circle", "red", 32, 12, 7),)))
+    for row, color in zip(range(26, 62, 9), ((255, 0, 255), (255, 140, 0)) * 2, strict=True):
+        img[row : row + 4, 4:60] = color  # bars of 56 x 4 px: 14:1
+    v = verify(img, md)
+    assert not v.correct and "square" not in v.reason.split("found", 1)[1]
+    square = np.zeros((12, 32), np.float32)
+    square[1:11, 1:31] = 1.0  # a 30 x 10 box: 3:1 against a square's 1:1, 3:1 * 7/8 against a triangle's 8:7
+    assert classify.stretch(square, "square") == pytest.approx(3.0, rel=0.02)
+    assert classify.stretch(square, "triangle") == pytest.approx(3.0 * 7 / 8, rel=0.02)
+    assert classify.stretch(square.T, "square") == pytest.approx(3.0, rel=0.02)
+    with pytest.MonkeyPatch.context() as mp:  # without the rule the bars are squares below the circle
+        mp.setattr(classify, "MAX_STRETCH", float("inf"))
+        assert verify(img, md).correct
+
+
 def test_text_reading() -> None:
     img = draw_scene(Scene(64, text=TextItem("305", "black", 32, 30, 2.8)))
     assert verify(img, {"tag": "text", "prompt": "x", "include": [], "text": "305"}).correct

@@ -4,7 +4,10 @@
   over its outline box plus a margin, zero-mean, unit norm) and compared by normalised correlation
   with every template of every shape (``templates.py``, several blur levels each); the best
   correlation names the shape, and a blob whose best correlation is under ``SHAPE_MIN_CORR`` is
-  ``None`` (unrecognised, never counted).
+  ``None`` (unrecognised, never counted). The fingerprint is taken over the outline box, so it is blind to
+  the box's proportions; a shape is therefore also ``None`` when its box is stretched more than
+  ``MAX_STRETCH`` times against the shape's own proportions (the world draws every shape unstretched, and a
+  detector would not call a 12:1 bar a square; RL on one position prompt found rows of bars that passed).
 * Colour: the median of the object's interior pixels, in CIELAB, nearest palette entry.
 * Digits: the text is cut into glyphs where the font's geometry puts the gaps, and each glyph is
   fingerprinted and matched the same way against the 5 x 7 font.
@@ -15,12 +18,14 @@ from __future__ import annotations
 import numpy as np
 
 from visalign.worlds.shapes import font
+from visalign.worlds.shapes.geometry import unit_bbox
 from visalign.worlds.shapes.measure import fingerprint, outline_box
 from visalign.worlds.shapes.templates import DIGIT_RES, SHAPE_RES, digit_templates, shape_templates
 from visalign.worlds.shapes.vocab import COLORS, SHAPES
 
 SHAPE_MIN_CORR = 0.75  # below this correlation with every template, a blob is no known shape
 DIGIT_MIN_CORR = 0.6  # same for a glyph
+MAX_STRETCH = 2.5  # width:height of a shape's box against the shape's own, either way; beyond it, no shape
 
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -54,7 +59,17 @@ def _best(vec: np.ndarray, templates: tuple[np.ndarray, np.ndarray]) -> tuple[in
 def shape_of(alpha: np.ndarray) -> tuple[str | None, float]:
     """(shape name or None, best correlation) of a coverage map holding one object."""
     k, corr = _best(fingerprint(alpha, SHAPE_RES), shape_templates())
-    return (SHAPES[k] if corr >= SHAPE_MIN_CORR else None), corr
+    if corr < SHAPE_MIN_CORR or stretch(alpha, SHAPES[k]) > MAX_STRETCH:
+        return None, corr
+    return SHAPES[k], corr
+
+
+def stretch(alpha: np.ndarray, shape: str) -> float:
+    """How many times the outline box's width:height differs from ``shape``'s own (>= 1, either way)."""
+    x0, y0, x1, y1 = outline_box(alpha)
+    ux0, uy0, ux1, uy1 = unit_bbox(shape)
+    ratio = ((x1 - x0) / max(y1 - y0, 1e-6)) / ((ux1 - ux0) / (uy1 - uy0))
+    return max(ratio, 1.0 / max(ratio, 1e-12))
 
 
 def read_digits(alpha: np.ndarray) -> str:
