@@ -174,6 +174,7 @@ def test_a_bar_is_no_square() -> None:
     passed as squares (RL on one position prompt learned to paint them). The world never stretches a shape,
     so a box stretched beyond ``MAX_STRETCH`` against the shape's own proportions names no shape."""
     from visalign.worlds.shapes import classify
+    from visalign.worlds.shapes.measure import outline_box
 
     md = _meta("position", [{"class": "square", "count": 1}, {"class": "circle", "count": 1, "position": ["above", 0]}])
     img = draw_scene(Scene(64, (SceneObject("circle", "red", 32, 12, 7),)))
@@ -183,9 +184,9 @@ def test_a_bar_is_no_square() -> None:
     assert not v.correct and "square" not in v.reason.split("found", 1)[1]
     square = np.zeros((12, 32), np.float32)
     square[1:11, 1:31] = 1.0  # a 30 x 10 box: 3:1 against a square's 1:1, 3:1 * 7/8 against a triangle's 8:7
-    assert classify.stretch(square, "square") == pytest.approx(3.0, rel=0.02)
-    assert classify.stretch(square, "triangle") == pytest.approx(3.0 * 7 / 8, rel=0.02)
-    assert classify.stretch(square.T, "square") == pytest.approx(3.0, rel=0.02)
+    assert classify.stretch(outline_box(square), "square") == pytest.approx(3.0, rel=0.02)
+    assert classify.stretch(outline_box(square), "triangle") == pytest.approx(3.0 * 7 / 8, rel=0.02)
+    assert classify.stretch(outline_box(square.T), "square") == pytest.approx(3.0, rel=0.02)
     with pytest.MonkeyPatch.context() as mp:  # without the rule the bars are squares below the circle
         mp.setattr(classify, "MAX_STRETCH", float("inf"))
         assert verify(img, md).correct

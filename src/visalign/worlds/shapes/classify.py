@@ -58,15 +58,16 @@ def _best(vec: np.ndarray, templates: tuple[np.ndarray, np.ndarray]) -> tuple[in
 
 def shape_of(alpha: np.ndarray) -> tuple[str | None, float]:
     """(shape name or None, best correlation) of a coverage map holding one object."""
-    k, corr = _best(fingerprint(alpha, SHAPE_RES), shape_templates())
-    if corr < SHAPE_MIN_CORR or stretch(alpha, SHAPES[k]) > MAX_STRETCH:
+    box = outline_box(alpha)
+    k, corr = _best(fingerprint(alpha, SHAPE_RES, box=box), shape_templates())
+    if corr < SHAPE_MIN_CORR or stretch(box, SHAPES[k]) > MAX_STRETCH:
         return None, corr
     return SHAPES[k], corr
 
 
-def stretch(alpha: np.ndarray, shape: str) -> float:
-    """How many times the outline box's width:height differs from ``shape``'s own (>= 1, either way)."""
-    x0, y0, x1, y1 = outline_box(alpha)
+def stretch(box: tuple[float, float, float, float], shape: str) -> float:
+    """How many times an outline box's width:height differs from ``shape``'s own (>= 1, either way)."""
+    x0, y0, x1, y1 = box
     ux0, uy0, ux1, uy1 = unit_bbox(shape)
     ratio = ((x1 - x0) / max(y1 - y0, 1e-6)) / ((ux1 - ux0) / (uy1 - uy0))
     return max(ratio, 1.0 / max(ratio, 1e-12))

@@ -65,12 +65,18 @@ def resample(alpha: np.ndarray, box: tuple[float, float, float, float], out_h: i
     return top * (1 - fy) + bot * fy
 
 
-def fingerprint(alpha: np.ndarray, res: tuple[int, int], margin: float = MARGIN) -> np.ndarray:
+def fingerprint(
+    alpha: np.ndarray,
+    res: tuple[int, int],
+    margin: float = MARGIN,
+    box: tuple[float, float, float, float] | None = None,
+) -> np.ndarray:
     """Zero-mean, unit-norm samples of ``alpha`` over its outline box grown by ``margin`` on each side.
 
     Normalising the vector makes the comparison (a dot product) indifferent to the object's contrast.
+    ``box``: the outline box when the caller has it already.
     """
-    x0, y0, x1, y1 = outline_box(alpha)
+    x0, y0, x1, y1 = outline_box(alpha) if box is None else box
     mx, my = margin * (x1 - x0), margin * (y1 - y0)
     v = resample(alpha, (x0 - mx, y0 - my, x1 + mx, y1 + my), *res).ravel().astype(np.float64)
     v -= v.mean()
