@@ -56,9 +56,12 @@ def _best(vec: np.ndarray, templates: tuple[np.ndarray, np.ndarray]) -> tuple[in
     return int(templates[1][k]), float(corr[k])
 
 
-def shape_of(alpha: np.ndarray) -> tuple[str | None, float]:
-    """(shape name or None, best correlation) of a coverage map holding one object."""
-    box = outline_box(alpha)
+def shape_of(
+    alpha: np.ndarray, box: tuple[float, float, float, float] | None = None
+) -> tuple[str | None, float]:
+    """(shape name or None, best correlation) of a coverage map holding one object; ``box``: its outline box,
+    when the caller has it already."""
+    box = outline_box(alpha) if box is None else box
     k, corr = _best(fingerprint(alpha, SHAPE_RES, box=box), shape_templates())
     if corr < SHAPE_MIN_CORR or stretch(box, SHAPES[k]) > MAX_STRETCH:
         return None, corr

@@ -103,8 +103,8 @@ def _paint(ys: np.ndarray, xs: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarra
 
 def _detection(comp: _Component, image: np.ndarray) -> Detection:
     local, y0, x0 = _paint(comp.ys, comp.xs, comp.alpha)
-    shape, match = shape_of(local)
-    bx0, by0, bx1, by1 = outline_box(local)
+    bx0, by0, bx1, by1 = outline = outline_box(local)
+    shape, match = shape_of(local, outline)
     solid = comp.alpha >= 0.8
     if solid.sum() < 3:
         solid = comp.alpha > 0.5
