@@ -392,3 +392,33 @@ def test_card_names_the_scheduler_the_folder_carries(tmp_path, prediction, sched
     assert carried == scheduler
     sampler_lines = [ln for ln in (model / "README.md").read_text().splitlines() if ln.startswith("- scheduler:")]
     assert sampler_lines and f"`{scheduler}`" in sampler_lines[0]
+
+
+def test_card_scores_the_float16_folder_exactly_as_visalign_sample_draws_it(tmp_path, monkeypatch):
+    """The card's images are the exported folder's, bit for bit, not those of the float32 weights in memory."""
+    import numpy as np
+    from PIL import Image
+
+    from visalign.cli import main
+    from visalign.pretrain import loop
+
+    carded: list[np.ndarray] = []
+
+    def recording(pipe, cfg, images_per_prompt, seed=0):
+        evaluation = final_evaluation(pipe, cfg, images_per_prompt, seed)
+        carded.append(evaluation["images"])
+        return evaluation
+
+    final_evaluation = loop.final_evaluation
+    monkeypatch.setattr(loop, "final_evaluation", recording)
+    cfg = load_config(
+        PretrainConfig, None,
+        [*TINY, "family=flow", f"run_dir={tmp_path / 'run'}", "vae.steps=2", "train.steps=3",
+         "log.final_images_per_prompt=1", "export.half=true"],
+    )  # fmt: skip
+    model = run_pretrain(cfg, Console(quiet=True))
+    assert main(["sample", "--model", str(model), "--split", "test", "--images-per-prompt", "1", "--seed", "0",
+                 "--out", str(tmp_path / "redraw")]) == 0  # fmt: skip
+    redrawn = np.stack([np.asarray(Image.open(f)) for f in sorted((tmp_path / "redraw").glob("*/samples/0000.png"))])
+    assert len(carded) == 1 and carded[0].shape == redrawn.shape
+    np.testing.assert_array_equal(carded[0], redrawn)

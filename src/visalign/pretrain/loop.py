@@ -696,10 +696,18 @@ def export_model(
     return save_pipeline(pipe, out, sampler=sampler_settings(cfg), extra=extra, half=cfg.export.half)
 
 
-def finalize(cfg: PretrainConfig, run_dir: Path, out: Path, pipe: Any, console: Console) -> None:
-    """The card's evaluation (test split, seed 0), contact sheet and README.md; then the copy to export.path."""
+def finalize(cfg: PretrainConfig, run_dir: Path, out: Path, console: Console) -> None:
+    """The card's evaluation (test split, seed 0), contact sheet and README.md; then the copy to export.path.
+
+    The evaluation samples the exported folder as ``load_pipeline`` (and so ``visalign sample``) loads it, not the
+    weights in memory: with ``export.half`` the stored float16 weights differ from the float32 ones by their
+    rounding, which changes every image by a few pixel levels and a few of the card's 280 verdicts.
+    """
+    from visalign.models.loading import load_pipeline
+
     name = Path(cfg.export.path).name if cfg.export.path else f"shapes-{cfg.family}"
     if cfg.log.final_images_per_prompt > 0 and _have_verifier():
+        _, pipe = load_pipeline(out)
         evaluation = final_evaluation(pipe, cfg, cfg.log.final_images_per_prompt, seed=0)
         contact_sheet(evaluation, out / CONTACT_SHEET)
         write_card(out, run_dir, cfg, evaluation, name)
@@ -720,8 +728,6 @@ def finalize_export(cfg: PretrainConfig, step: int, console: Console | None = No
     Learning rates are constant after the warm-up and batches depend only on (seed, step), so the pipeline
     exported at step N of a longer run is the pipeline an N-step run exports.
     """
-    from visalign.models.loading import load_pipeline
-
     console = console or Console()
     torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.run_dir)
@@ -741,8 +747,7 @@ def finalize_export(cfg: PretrainConfig, step: int, console: Console | None = No
         shutil.rmtree(out)
     shutil.copytree(src, out)
     out.chmod(0o755)
-    _, pipe = load_pipeline(out)
-    finalize(cfg, run_dir, out, pipe, console)
+    finalize(cfg, run_dir, out, console)
     return out
 
 
@@ -769,6 +774,6 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None) -> Path:
         name: count_parameters(m) for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)
     }
     out = export_model(pipe, cfg, run_dir / "model", cfg.train.steps, pipe._visalign_wall, n_params)
-    finalize(cfg, run_dir, out, pipe, console)
+    finalize(cfg, run_dir, out, console)
     console.print(f"pretrain done in {time.perf_counter() - t0:.0f}s (this invocation): {out}")
     return out
