@@ -53,3 +53,29 @@ def test_velocity_models_are_passed_through():
     t = torch.tensor([500.0])
     with torch.no_grad():
         torch.testing.assert_close(gen.predict(x, t, cond), _call(pipe, x, t, embeds, pooled))
+
+
+def test_forward_process_regression_is_the_x0_error_for_an_x0_transformer_and_the_velocity_error_otherwise():
+    """RAFT / RWR / AWM / DiffusionNFT / Diffusion-DPO regress in the network's own output space: for an x0
+    transformer ||x0_hat - x_0||^2 (its pretraining loss), not the velocity error's 1 / sigma^2 multiple."""
+    from visalign.algorithms._forward_process import forward_noise, regression_loss
+
+    x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    seeds = torch.tensor([11, 12, 13])
+    for prediction in ("sample", "velocity"):
+        pipe = build_flow_pipeline(FlowSpec(prediction=prediction), seed=0)
+        gen = build_generator("flow", pipe, max_sequence_length=0)
+        cond = gen.encode(["a red circle", "a blue star", "two squares"])
+        embeds, _, pooled, _ = pipe.encode_prompt(["a red circle", "a blue star", "two squares"], None, None,
+                                                  do_classifier_free_guidance=False, max_sequence_length=0)  # fmt: skip
+        noised = forward_noise(x0, seeds, gen, "uniform", 0.0, 1.0)
+        sigma = noised.level.view(3, 1, 1, 1)
+        with torch.no_grad():
+            loss = regression_loss(gen.predict(noised.x_t, noised.t_model, cond), noised)
+            raw = _call(pipe, noised.x_t, noised.t_model, embeds, pooled)
+        if prediction == "sample":  # the transformer's own output against the clean latents
+            expected = ((raw - x0) ** 2).mean(dim=(1, 2, 3))
+        else:
+            expected = ((raw - (noised.noise - x0)) ** 2).mean(dim=(1, 2, 3))
+        assert noised.x_t.shape == x0.shape and bool((sigma > 0).all())
+        torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)

@@ -17,6 +17,13 @@ with T the scheduler's ``num_train_timesteps``: the same time inputs the adapter
 
 tau is sigma for flow models and t / T for diffusion models (t = min(floor(tau T), T - 1)).
 
+The regression is measured in the network's own output space. A diffusion UNet is regressed on what it predicts
+(eps, v or x_0). A flow adapter always hands out a velocity, so for a transformer that predicts x_0 (the
+shipped ``shapes-flow``) the velocity error is weighted by sigma^2: v_hat - v = (x_0 - x0_hat) / sigma, so
+sigma^2 ||v_hat - v||^2 = ||x0_hat - x_0||^2, its pretraining loss. Unweighted, the 1 / sigma^2 of the velocity
+error let the least-noised draw of a minibatch (sigma near 0, where the layout is already fixed) carry nearly all
+of its gradient.
+
 Determinism: the draws of a sample depend on its seed only (not on how samples are batched), and the seeds a
 ``loss`` sees are derived from the rollout seeds, the pass over the rollout (inner epoch) and the draw index, so
 a resumed run repeats an uninterrupted one, and every inner epoch sees fresh noise.
@@ -51,6 +58,7 @@ class Noised:
     level: torch.Tensor  # [B] sigma (flow) or abar (diffusion), float32
     noise: torch.Tensor  # float32
     target: torch.Tensor  # float32: eps - x_0 (flow, whatever the network predicts), eps, v or x_0 (diffusion)
+    weight: torch.Tensor  # [B] float32: the squared-error weight that puts it in the network's output space
 
 
 def forward_seed(seed: int, epoch: int, draw: int) -> int:
@@ -101,8 +109,11 @@ def forward_noise(
     noise = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=g) for g in gens]).to(x0.device)
     x = x0.float()
     c = per_sample(level.to(x.device), x)
+    weight = torch.ones(x.shape[0], device=x.device)
     if generator.family == "flow":
         x_t, target = (1 - c) * x + c * noise, noise - x
+        if getattr(generator, "predicts_sample", False):  # x_0 transformer: its x_0 error (module docstring)
+            weight = level.float().to(x.device) ** 2
     else:
         x_t = c.sqrt() * x + (1 - c).sqrt() * noise
         prediction = getattr(generator, "prediction_type", "epsilon")
@@ -114,12 +125,13 @@ def forward_noise(
             target = x
         else:
             raise ValueError(f"forward-process training does not support prediction_type '{prediction}'")
-    return Noised(x_t=x_t.to(x0.dtype), t_model=t_model.to(x0.device), level=level, noise=noise, target=target)
+    return Noised(x_t=x_t.to(x0.dtype), t_model=t_model.to(x0.device), level=level, noise=noise, target=target,
+                  weight=weight)
 
 
 def regression_loss(prediction: torch.Tensor, noised: Noised) -> torch.Tensor:
-    """Per-sample denoising / flow-matching loss mean_d (prediction - target)^2, float32, ``[B]``."""
-    return mean_over_data((prediction.float() - noised.target) ** 2)
+    """Per-sample denoising / flow-matching loss weight * mean_d (prediction - target)^2, float32, ``[B]``."""
+    return noised.weight * mean_over_data((prediction.float() - noised.target) ** 2)
 
 
 class ForwardOptions(StrictModel):
@@ -196,7 +208,7 @@ class ForwardProcessAlgorithm(Algorithm):
         """Per-sample mean_d (prediction - prediction_ref)^2 against the frozen reference, ``[B]``."""
         with torch.no_grad(), generator.reference():
             ref = generator.predict(noised.x_t, noised.t_model, batch.cond, 1.0).float()
-        return mean_over_data((prediction - ref) ** 2)
+        return noised.weight * mean_over_data((prediction - ref) ** 2)
 
 
 def combined_reward(rewards: dict[str, torch.Tensor], context: dict[str, Any]) -> torch.Tensor:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from visalign.algorithms._forward_process import ForwardOptions, ForwardProcessAlgorithm
+from visalign.algorithms._forward_process import ForwardOptions, ForwardProcessAlgorithm, regression_loss
 from visalign.algorithms.base import register_algorithm
 from visalign.algorithms.common import masked_mean
 from visalign.models.ema import EMA
@@ -106,7 +106,7 @@ class DiffusionNFT(ForwardProcessAlgorithm):
             v_old = self.predict(generator, noised, batch)
         v_theta = self.predict(generator, noised, batch)
         per, r = nft_loss(v_theta, v_old, noised.target, batch.advantages, opts.beta, opts.adv_max)
-        policy = masked_mean(per, batch.mask)
+        policy = masked_mean(noised.weight * per, batch.mask)  # in the network's output space (_forward_process)
         loss = policy
         with torch.no_grad():
             metrics = {
@@ -114,7 +114,7 @@ class DiffusionNFT(ForwardProcessAlgorithm):
                 "nft/r_mean": float(r.mean()),
                 "nft/old_deviation": float(mean_over_data((v_theta - v_old) ** 2).mean()),
                 "nft/old_decay": self.decay(self.iteration),
-                "fm_loss": float(mean_over_data((v_theta - noised.target) ** 2).mean()),
+                "fm_loss": float(regression_loss(v_theta, noised).mean()),
                 "noise_level/mean": float(noised.level.mean()),
             }
         if opts.kl_beta > 0:
