@@ -1,7 +1,7 @@
 """Every algorithm on the same base and the same budget of generated images: the side-by-side table.
 
     python benchmarks/compare_algorithms.py [--images 12800] [--algorithms flow_grpo,rwr,...] [--evals 4]
-                                            [--out runs/compare] [--docs docs/algorithms.md]
+                                            [--out runs/compare] [--docs docs/algorithms.md] [--table NAME]
 
 For each entry of ``ENTRIES`` it runs ``visalign train`` on the entry's recipe (in this process, through the one
 ``Trainer``) with ``train.iterations`` set so that the run generates ``--images`` rollout images, evaluation on the
@@ -12,6 +12,10 @@ learned-RM score of the same held-out images. It then writes
 * ``docs/algorithms.json``: per algorithm the curve (images generated -> strict, soft, learned-RM score), the final
   scores, wall time (training + evaluation), images generated to first reach +0.2 strict over the base (or null);
 * ``docs/algorithms.md``: the table, the curve plot (``docs/img/algorithms_curves.png``) and the notes.
+
+``--table NAME`` keeps a second table on the same page (another base, another budget): its block sits between
+``<!-- compare_algorithms:NAME -->`` markers (appended at the end of the page the first time), its figures in
+``docs/algorithms_NAME.json`` and its plot in ``docs/img/algorithms_NAME_curves.png``.
 
 Runs already finished under ``--out`` are reused (delete a run folder to redo it), so an interrupted comparison
 continues where it stopped. ``--images`` is the budget knob: the documented table names the budget it used.
@@ -198,11 +202,18 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def table_files(docs: Path, table: str) -> tuple[Path, Path, str]:
+    """The JSON, the plot and the marker of one table on the page ``docs`` ("table": the page's first one)."""
+    suffix = "" if table == "table" else f"_{table}"
+    return (docs.with_name(f"{docs.stem}{suffix}.json"), docs.parent / "img" / f"{docs.stem}{suffix}_curves.png",
+            f"<!-- compare_algorithms:{table} -->")
+
+
 def write_docs(results: dict[str, dict[str, Any]], args: argparse.Namespace, notes: str) -> None:
     docs = Path(args.docs)
+    json_path, img, marker = table_files(docs, args.table)
     payload = {"images_budget": args.images, "evals": args.evals, "threads": args.threads, "results": results}
-    docs.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
-    img = docs.parent / "img" / "algorithms_curves.png"
+    json_path.write_text(json.dumps(payload, indent=1) + "\n")
     plot(results, img)
     lines = [
         "| algorithm | family | base | strict (base -> final, paired gain +- s.e.) | soft | learned RM "
@@ -222,8 +233,9 @@ def write_docs(results: dict[str, dict[str, Any]], args: argparse.Namespace, not
             f"{r['wall_s']:.0f} |"
         )
     table = "\n".join(lines)
-    marker = "<!-- compare_algorithms:table -->"
-    text = docs.read_text() if docs.is_file() else f"# Algorithms\n\n{marker}\n{marker}\n"
+    text = docs.read_text() if docs.is_file() else "# Algorithms\n"
+    if marker not in text:
+        text = text.rstrip("\n") + f"\n\n{marker}\n{marker}\n"
     head, _, rest = text.partition(marker)
     _, _, tail = rest.partition(marker)
     eval_images = sorted({r["base"].get("eval_images") for r in results.values()} - {None})
@@ -231,8 +243,8 @@ def write_docs(results: dict[str, dict[str, Any]], args: argparse.Namespace, not
     block = (f"{marker}\nBudget: {args.images} generated images per algorithm, {args.evals} held-out evaluations "
              f"({per_eval} images of the test split each, the same prompts and seeds every time, deterministic "
              f"sampler), torch threads {args.threads}. "
-             f"Produced by `python benchmarks/compare_algorithms.py --images {args.images} --evals {args.evals}`; "
-             f"figures in `{docs.with_suffix('.json').name}`.\n\n{table}\n\n![curves](img/{img.name})\n\n{notes}"
+             f"Produced by `python benchmarks/compare_algorithms.py --images {args.images} --evals {args.evals}"
+             f"{'' if args.table == 'table' else ' --table ' + args.table}`; figures in `{json_path.name}`.\n\n{table}\n\n![curves](img/{img.name})\n\n{notes}"
              f"{marker}")
     docs.write_text(head + block + tail)
 
@@ -247,12 +259,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--docs", default=str(ROOT / "docs" / "algorithms.md"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--notes", default="", help="markdown appended under the table")
+    parser.add_argument("--table", default="table", help="which table of the page to write (a second one keeps "
+                        "its own markers, JSON and plot)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.algorithms.split(",") if n.strip()]
     unknown = [n for n in names if n not in ENTRIES]
     if unknown:
         parser.error(f"unknown algorithm(s) {unknown}; known: {', '.join(ENTRIES)}")
-    json_path = Path(args.docs).with_suffix(".json")
+    json_path = table_files(Path(args.docs), args.table)[0]
 
     def previous() -> dict[str, Any]:
         """Results already written for this budget (re-read before each write: several processes may share

@@ -43,3 +43,5 @@ def test_train_cli_writes_the_run_directory(tmp_path, capsys):
     assert page.count("data:image/png;base64") >= 4 and "Resolved config" in page and "shapes_soft" in page
     (run / "report.html").unlink()
     assert main(["report", str(run)]) == 0 and (run / "report.html").is_file()
+    assert sorted(p.name for p in (run / "figures").iterdir()) == ["before_after.png", "eval_curve.png",
+                                                                    "reward_curve.png"]

@@ -1,7 +1,8 @@
 """One self-contained HTML page per run (``visalign report RUN_DIR``; also written at the end of training).
 
 It embeds (base64) the reward and eval curves, before/after image grids per tag on fixed seeds (the first and
-last evaluation), the held-out scores, the time split and the resolved config.
+last evaluation), the held-out scores, the time split and the resolved config. The curves and a before / after
+sheet are also written as PNG files under ``RUN_DIR/figures/`` (``report/figures.py``).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Any
 
 from visalign.errors import UserError
 from visalign.report import plots
+from visalign.report.figures import eval_samples, write_figures
 from visalign.report.metrics import read_metrics
 
 
@@ -28,13 +29,8 @@ def _eval_dirs(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("iter_*") if (p / "results.json").is_file()) if root.is_dir() else []
 
 
-def _samples(eval_dir: Path) -> list[dict[str, Any]]:
-    index = eval_dir / "samples" / "index.json"
-    return json.loads(index.read_text()) if index.is_file() else []
-
-
 def _grids(first: Path, last: Path) -> str:
-    before, after = _samples(first), {s["prompt"] + str(s["seed"]): s for s in _samples(last)}
+    before, after = eval_samples(first), {s["prompt"] + str(s["seed"]): s for s in eval_samples(last)}
     if not before:
         return "<p><i>no sample images</i></p>"
     rows, tag = [], None
@@ -105,4 +101,5 @@ table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px soli
 """
     out_path = Path(out) if out is not None else run_dir / "report.html"
     out_path.write_text(page, encoding="utf-8")
+    write_figures(run_dir, rows, evals)
     return out_path
