@@ -199,6 +199,24 @@ def test_text_reading() -> None:
     assert not v.correct and "read '305'" in v.reason and v.score == pytest.approx(2 / 3)
 
 
+def test_a_mark_without_height_reads_as_no_digit() -> None:
+    """A coverage map whose 0.5 level spans no height (one row exactly at 0.5: its outline box is 0 px tall) once
+    crashed the reward in the middle of a training run (division by zero when sizing the glyphs); it names no
+    digit, and an image of such a line fails a text prompt instead of raising."""
+    from visalign.worlds.shapes.classify import read_digits
+    from visalign.worlds.shapes.measure import outline_box
+
+    line = np.zeros((9, 20), np.float32)
+    line[4, 3:15] = 0.5
+    x0, y0, x1, y1 = outline_box(line)
+    assert y1 - y0 == 0.0 and x1 - x0 > 10
+    assert read_digits(line) == "?"
+    assert read_digits(line.T) == "?"
+    img = np.full((64, 64, 3), BACKGROUND, dtype=np.uint8)
+    img[30, 8:56] = 0
+    assert not verify(img, {"tag": "text", "prompt": "x", "include": [], "text": "7"}).correct
+
+
 def test_other_resolutions() -> None:
     mds = load_split("test")
     images = [render_scene(md, i, size=128) for i, md in enumerate(mds)]

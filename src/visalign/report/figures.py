@@ -54,7 +54,7 @@ def before_after_sheet(first: Path, last: Path, per_tag: int = 2, scale: int = 2
         labels += [f"{first.name}{_verdict(first, s)}: {s['prompt']}", f"{last.name}{_verdict(last, a)}"]
     if not images:
         return None
-    return make_grid(images, labels, ncols=4, scale=scale, caption_lines=3)
+    return make_grid(images, labels, ncols=4, scale=scale, caption_lines=4)
 
 
 def write_figures(run_dir: Path, rows: list[dict[str, Any]], evals: list[Path]) -> dict[str, Path]:

@@ -88,6 +88,10 @@ def read_digits(alpha: np.ndarray) -> str:
     if alpha.max() < 0.5:
         return ""
     x0, y0, x1, y1 = outline_box(alpha)
+    if y1 - y0 < 1.0 or x1 - x0 < 1.0:
+        # a mark thinner than a pixel (a collapsed policy draws lines whose profile touches 0.5 in one row) has
+        # no glyph to read, and its zero height would divide by zero below
+        return "?"
     s = (y1 - y0) / font.GLYPH_H
     pitch = (font.GLYPH_W + font.GAP) * s
     n = max(1, int(round((x1 - x0 + font.GAP * s) / pitch)))
