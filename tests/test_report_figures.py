@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from visalign.report.figures import _verdict, before_after_sheet, write_figures
+from visalign.report.figures import _verdict, _verdicts, before_after_sheet, write_figures
 
 
 def _eval_dir(root: Path, name: str, samples: list[tuple[int, str, str, int]], correct: dict[int, bool],
@@ -33,12 +33,13 @@ def test_verdicts_come_from_the_results_row_of_the_sample_index(tmp_path):
     samples = [(0, "colors", "a red circle", 11), (2, "colors", "a blue square", 12), (4, "counting", "two dots", 13)]
     first = _eval_dir(tmp_path, "iter_0000", samples, {0: True, 2: False, 4: False}, shade=10)
     last = _eval_dir(tmp_path, "iter_0030", samples, {0: False, 2: True, 4: True}, shade=200)
-    assert [_verdict(first, {"file": f"{i:04d}.png", "prompt": p}) for i, _, p, _ in samples] == [
+    rows_first, rows_last = _verdicts(first), _verdicts(last)
+    assert [_verdict(rows_first, {"file": f"{i:04d}.png", "prompt": p}) for i, _, p, _ in samples] == [
         " [right]", " [wrong]", " [wrong]"]
-    assert [_verdict(last, {"file": f"{i:04d}.png", "prompt": p}) for i, _, p, _ in samples] == [
+    assert [_verdict(rows_last, {"file": f"{i:04d}.png", "prompt": p}) for i, _, p, _ in samples] == [
         " [wrong]", " [right]", " [right]"]
     # a results row of another prompt (a mismatched folder) gives no verdict rather than a wrong one
-    assert _verdict(first, {"file": "0001.png", "prompt": "a red circle"}) == ""
+    assert _verdict(rows_first, {"file": "0001.png", "prompt": "a red circle"}) == ""
 
     sheet = np.asarray(before_after_sheet(first, last, per_tag=1, scale=2))
     # one image per tag (colors, counting): two pairs, four cells of 16 px in one row

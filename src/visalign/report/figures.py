@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from visalign.report import plots
 from visalign.report.grid import make_grid
 
@@ -24,34 +26,39 @@ def eval_samples(eval_dir: Path) -> list[dict[str, Any]]:
     return json.loads(index.read_text()) if index.is_file() else []
 
 
-def _verdict(eval_dir: Path, sample: dict[str, Any]) -> str:
-    """" [right]" / " [wrong]" for a saved sample: its file is named after its index in the evaluation's images,
-    whose verdicts results.json lists in the same order; "" where the evaluation has none (a non-verifier reward)."""
-    path = eval_dir / "results.json"
-    images = (json.loads(path.read_text()).get("images") or []) if path.is_file() else []
-    i = int(Path(sample["file"]).stem)
-    if i >= len(images) or "correct" not in images[i] or images[i].get("prompt", sample["prompt"]) != sample["prompt"]:
-        return ""
-    return " [right]" if images[i]["correct"] else " [wrong]"
-
-
-def before_after_sheet(first: Path, last: Path, per_tag: int = 2, scale: int = 2):
-    """A PIL sheet, four columns: (before, after) for two images per row; None without sample images."""
-    from PIL import Image
-
-    before = eval_samples(first)
+def paired_samples(first: Path, last: Path) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Each saved sample of the first evaluation with the last one's sample of the same prompt and seed (or None)."""
     after = {(s["prompt"], s["seed"]): s for s in eval_samples(last)}
-    if not before:
-        return None
+    return [(s, after.get((s["prompt"], s["seed"]))) for s in eval_samples(first)]
+
+
+def _verdicts(eval_dir: Path) -> list[dict[str, Any]]:
+    """The evaluation's per-image rows from results.json (each with its prompt and, for the verifier, "correct")."""
+    path = eval_dir / "results.json"
+    return (json.loads(path.read_text()).get("images") or []) if path.is_file() else []
+
+
+def _verdict(rows: list[dict[str, Any]], sample: dict[str, Any]) -> str:
+    """" [right]" / " [wrong]" for a saved sample: its file is named after its index in the evaluation's images,
+    the order of ``rows``; "" where there is no verdict (a non-verifier reward) or the row is of another prompt."""
+    i = int(Path(sample["file"]).stem)
+    if i >= len(rows) or "correct" not in rows[i] or rows[i].get("prompt", sample["prompt"]) != sample["prompt"]:
+        return ""
+    return " [right]" if rows[i]["correct"] else " [wrong]"
+
+
+def before_after_sheet(first: Path, last: Path, per_tag: int = 2, scale: int = 2) -> Image.Image | None:
+    """A sheet of four columns, two (before, after) pairs per row, ``per_tag`` pairs of each tag; None without
+    sample images."""
+    rows_b, rows_a = _verdicts(first), _verdicts(last)
     shown: dict[str, int] = {}
     images, labels = [], []
-    for s in before:
-        a = after.get((s["prompt"], s["seed"]))
-        if a is None or shown.get(s["tag"], 0) >= per_tag:
+    for b, a in paired_samples(first, last):
+        if a is None or shown.get(b["tag"], 0) >= per_tag:
             continue
-        shown[s["tag"]] = shown.get(s["tag"], 0) + 1
-        images += [Image.open(first / "samples" / s["file"]), Image.open(last / "samples" / a["file"])]
-        labels += [f"{first.name}{_verdict(first, s)}: {s['prompt']}", f"{last.name}{_verdict(last, a)}"]
+        shown[b["tag"]] = shown.get(b["tag"], 0) + 1
+        images += [Image.open(first / "samples" / b["file"]), Image.open(last / "samples" / a["file"])]
+        labels += [f"{first.name}{_verdict(rows_b, b)}: {b['prompt']}", f"{last.name}{_verdict(rows_a, a)}"]
     if not images:
         return None
     return make_grid(images, labels, ncols=4, scale=scale, caption_lines=4)

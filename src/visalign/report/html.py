@@ -14,7 +14,7 @@ from pathlib import Path
 
 from visalign.errors import UserError
 from visalign.report import plots
-from visalign.report.figures import eval_samples, write_figures
+from visalign.report.figures import paired_samples, write_figures
 from visalign.report.metrics import read_metrics
 
 
@@ -30,15 +30,14 @@ def _eval_dirs(run_dir: Path) -> list[Path]:
 
 
 def _grids(first: Path, last: Path) -> str:
-    before, after = eval_samples(first), {s["prompt"] + str(s["seed"]): s for s in eval_samples(last)}
-    if not before:
+    pairs = paired_samples(first, last)
+    if not pairs:
         return "<p><i>no sample images</i></p>"
     rows, tag = [], None
-    for s in before:
+    for s, a in pairs:
         if s["tag"] != tag:
             tag = s["tag"]
             rows.append(f'<tr><th colspan="3" class="tag">{html.escape(tag)}</th></tr>')
-        a = after.get(s["prompt"] + str(s["seed"]))
         cell_b = _img((first / "samples" / s["file"]).read_bytes(), "before")
         cell_a = _img((last / "samples" / a["file"]).read_bytes(), "after") if a else "-"
         rows.append(f"<tr><td>{html.escape(s['prompt'])}</td><td>{cell_b}</td><td>{cell_a}</td></tr>")
