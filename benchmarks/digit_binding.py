@@ -1,7 +1,7 @@
 """Does a model draw the digits its prompt names, or only the right number of glyphs?
 
     python benchmarks/digit_binding.py MODEL [--lengths 1,2,3] [--split train] [--every 7]
-        [--images-per-prompt 4] [--guidance G] [--steps S] [--seed 0]
+        [--images-per-prompt 4] [--guidance G] [--steps S] [--seed 0] [--sheet PATH]
     python benchmarks/digit_binding.py MODEL --denoiser-loss [--lengths 1,2] [--scenes 64] [--levels 0.3,0.5,0.7,0.9]
 
 The `text` tag is strict: every digit must be read, in order. A model can fail it in two ways: it draws the
@@ -16,6 +16,7 @@ prints:
   as wrong). Drawing glyphs without regard to the prompt's digits gives about 0.1.
 
 On the train split this separates "has not learned digits" from "does not generalise to held-out numbers".
+``--sheet PATH`` also writes the images as a PNG grid, one row per prompt, each captioned "asked / read".
 
 ``--denoiser-loss`` asks the same question of the denoiser, without sampling: it renders ``--scenes`` train text
 scenes, noises their latents to each level of ``--levels`` (flow: sigma on the straight path; diffusion: the
@@ -60,6 +61,14 @@ def read_digits(images: np.ndarray) -> list[str]:
 
     found = analyse(segment(np.stack(as_image_list(images))), [True] * len(images))
     return [str(f) for f in found]
+
+
+def write_sheet(images: list[np.ndarray], expected: list[str], read: list[str], per_row: int, path: str) -> None:
+    """The images as a PNG grid, ``per_row`` (one prompt's images) to a row, each captioned "asked / read"."""
+    from visalign.report.grid import make_grid
+
+    labels = [f"{e} / {r or '-'}" for e, r in zip(expected, read, strict=True)]
+    make_grid(images, labels, ncols=per_row, scale=2, caption_lines=1).save(path)
 
 
 def swap_digits(prompt: str, number: str, rng: np.random.Generator) -> str:
@@ -139,6 +148,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=None, help="default: the model card's")
     parser.add_argument("--steps", type=int, default=None, help="default: the model card's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sheet", default=None, help="also write the images here as a PNG grid")
     parser.add_argument("--denoiser-loss", action="store_true", help="x0 error: right / swapped / no digits")
     parser.add_argument("--scenes", type=int, default=64, help="--denoiser-loss: text scenes")
     parser.add_argument("--levels", default="0.3,0.5,0.7,0.9", help="--denoiser-loss: noise levels")
@@ -160,17 +170,20 @@ def main() -> None:
     guidance = args.guidance if args.guidance is not None else defaults.get("guidance_scale")
     kwargs = pipeline_kwargs(family, steps, guidance, defaults.get("max_sequence_length"))
     k = args.images_per_prompt
-    expected, read = [], []
+    expected, read, drawn = [], [], []
     for start in range(0, len(prompts), max(1, 32 // k)):
         chunk = prompts[start : start + max(1, 32 // k)]
         seeds = [image_seed(args.seed, start + i, j) for i in range(len(chunk)) for j in range(k)]
         images = generate(pipe, [m["prompt"] for m in chunk for _ in range(k)], seeds, kwargs, len(seeds))
         read += read_digits(images)
+        drawn += list(images)
         expected += [m["text"] for m in chunk for _ in range(k)]
     stats = binding_stats(expected, read)
     stats.update(model=args.model, split=args.split, lengths=args.lengths, prompts=len(prompts),
                  steps=steps, guidance=guidance)  # fmt: skip
     print(json.dumps(stats))
+    if args.sheet:
+        write_sheet(drawn, expected, read, k, args.sheet)
 
 
 if __name__ == "__main__":

@@ -87,3 +87,18 @@ def test_shipped_diffusion_denoiser_does_worse_with_the_wrong_digits():
     (row,) = script.denoiser_losses("shapes-diffusion", {1, 2}, scenes=16, levels=[0.5], seed=0)
     assert row["swapped"] > 1.3 * row["right"]
     assert row["empty"] > row["right"]
+
+
+def test_sheet_puts_one_prompt_per_row(tmp_path):
+    from PIL import Image
+
+    numbers = ["7", "7", "42", "42"]
+    renders = [render_scene({"tag": "text", "prompt": n, "include": [], "text": n}, i) for i, n in enumerate(numbers)]
+    path = tmp_path / "sheet.png"
+    script.write_sheet(renders, numbers, ["7", "1", "42", ""], 2, str(path))
+    sheet = np.asarray(Image.open(path).convert("RGB"))
+    cell = 2 * renders[0].shape[0]  # drawn at twice the size
+    assert cell * 2 < sheet.shape[1] < cell * 3  # two images to a row
+    assert cell * 2 < sheet.shape[0] < cell * 3  # two rows
+    first = sheet[4 : 4 + cell, 4 : 4 + cell]  # the first cell, after the 4-pixel pad
+    assert np.array_equal(first[::2, ::2], renders[0])
