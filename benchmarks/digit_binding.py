@@ -63,7 +63,9 @@ def read_digits(images: np.ndarray) -> list[str]:
     return [str(f) for f in found]
 
 
-def write_sheet(images: list[np.ndarray], expected: list[str], read: list[str], per_row: int, path: str) -> None:
+def write_sheet(
+    images: list[np.ndarray], expected: list[str], read: list[str], per_row: int, path: str
+) -> None:
     """The images as a PNG grid, ``per_row`` (one prompt's images) to a row, each captioned "asked / read"."""
     from visalign.report.grid import make_grid
 
