@@ -184,6 +184,26 @@ def test_tag_weights_and_text_length_balance_set_the_mixture():
             load_config(PretrainConfig, None, [*TINY, f"train.tag_weights={bad}"])
 
 
+def test_autoencoder_can_train_at_even_odds_while_its_scaling_follows_the_denoisers_mixture(tmp_path):
+    from diffusers import AutoencoderKL
+
+    mixture = ["train.tag_weights={text: 3}", "train.text_lengths=[1, 2]"]
+
+    def stage_one(name: str, extra: list[str]) -> AutoencoderKL:
+        cfg = load_config(PretrainConfig, None, [*TINY, f"run_dir={tmp_path / name}", "vae.steps=2", "train.steps=0", *extra])
+        run_pretrain(cfg, Console(quiet=True))
+        return AutoencoderKL.from_pretrained(tmp_path / name / "vae")
+
+    plain = stage_one("plain", [])
+    even = stage_one("even", [*mixture, "vae.train_mixture=false"])
+    mixed = stage_one("mixed", mixture)
+    # Stage 1 at even odds sees the batches of a run without the mixture: the same weights, bit for bit ...
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), even.state_dict().values(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(even.state_dict().values(), mixed.state_dict().values(), strict=True))
+    # ... while its latent scale is measured on the scenes the denoiser will be shown.
+    assert even.config.scaling_factor != plain.config.scaling_factor
+
+
 def test_text_lengths_keep_only_numbers_of_those_digit_counts():
     cfg = load_config(PretrainConfig, None, [*TINY, "train.tags=[text, colors]", "train.text_lengths=[1, 2]"])
     data = ShapesData(0, 64, tags=cfg.train.tags, text_lengths=cfg.train.text_lengths)
@@ -360,6 +380,9 @@ def test_model_card_names_the_data_mixture():
     weighted = load_config(PretrainConfig, None, [*TINY, "train.tag_weights={text: 3}", "train.text_length_balanced=true", "train.text_lengths=[1, 2]"])  # fmt: skip
     assert _mixture(weighted) == (", tags drawn with odds text 3 (1 for each other tag), numbers of 1, 2 digit(s) "
                                   "only, text numbers by a uniform digit count first")  # fmt: skip
+    even_vae = load_config(PretrainConfig, None, [*TINY, "train.tag_weights={text: 3}", "vae.train_mixture=false"])
+    assert _mixture(even_vae) == (", tags drawn with odds text 3 (1 for each other tag); the autoencoder's scenes "
+                                  "at even odds over every tag and number length")  # fmt: skip
 
 
 def test_default_mixture_draws_a_uniform_tag_then_a_uniform_item():

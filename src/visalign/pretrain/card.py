@@ -36,6 +36,8 @@ def _mixture(cfg: PretrainConfig) -> str:
         text += f", numbers of {', '.join(map(str, tr.text_lengths))} digit(s) only"
     if tr.text_length_balanced:
         text += ", text numbers by a uniform digit count first"
+    if not cfg.vae.train_mixture and (tr.tag_weights or tr.text_lengths):
+        text += "; the autoencoder's scenes at even odds over every tag and number length"
     return text
 
 

@@ -33,6 +33,10 @@ class VAEConfig(StrictModel):
     latent_noise: float = Field(default=0.0, ge=0)
     stats_images: int = 1024  # images encoded to set scaling_factor / shift_factor
     init_from: str | None = None  # a pipeline folder or shipped alias whose vae/ is reused (stage skipped)
+    # true: stage 1 draws its scenes with the denoiser's mixture (train.tag_weights / train.text_lengths);
+    # false: from every tag and number length at even odds. Either way the scaling factors are measured on
+    # the denoiser's mixture, the latents it will see.
+    train_mixture: bool = True
     # scalar: one shift / scale for all channels (SD3 / SD1.5 convention). channel: per-channel standardisation
     # folded into quant_conv / post_quant_conv first (pretrain/latent_norm.py), then the scalar factors.
     latent_norm: Literal["scalar", "channel"] = "scalar"

@@ -122,8 +122,11 @@ def reconstruction_loss(decoded: torch.Tensor, images: torch.Tensor) -> torch.Te
     return (decoded - images).abs().mean() + F.mse_loss(decoded, images)
 
 
-def train_vae(cfg: PretrainConfig, run_dir: Path, data: ShapesData, console: Console) -> Any:
-    """Train (or resume, or reuse) the autoencoder; return it with scaling/shift factors set."""
+def train_vae(
+    cfg: PretrainConfig, run_dir: Path, data: ShapesData, console: Console, train_data: ShapesData | None = None
+) -> Any:
+    """Train (or resume, or reuse) the autoencoder on ``train_data`` (default ``data``); return it with the
+    scaling/shift factors set from ``data``, the denoiser's scenes."""
     from diffusers import AutoencoderKL
 
     out = run_dir / "vae"
@@ -164,7 +167,7 @@ def train_vae(cfg: PretrainConfig, run_dir: Path, data: ShapesData, console: Con
     t0 = time.perf_counter() - wall
     metrics = run_dir / "metrics.jsonl"
     truncate_jsonl(metrics, "vae_step", start)
-    batches = stage_batches(data, "vae", v.batch_size, start, v.steps, cfg.data_workers)
+    batches = stage_batches(train_data or data, "vae", v.batch_size, start, v.steps, cfg.data_workers)
     with _progress(console) as progress:
         task = progress.add_task("vae", total=v.steps, completed=start, info="")
         for step in range(start, v.steps):
@@ -751,6 +754,19 @@ def finalize_export(cfg: PretrainConfig, step: int, console: Console | None = No
     return out
 
 
+def stage_data(cfg: PretrainConfig, mixture: bool) -> ShapesData:
+    """The train-split scene stream; ``mixture`` applies ``train.tag_weights`` / ``train.text_lengths``."""
+    return ShapesData(
+        cfg.seed,
+        cfg.image_size,
+        tag_balanced=cfg.train.tag_balanced,
+        tags=cfg.train.tags,
+        tag_weights=cfg.train.tag_weights if mixture else None,
+        text_length_balanced=cfg.train.text_length_balanced,
+        text_lengths=cfg.train.text_lengths if mixture else None,
+    )
+
+
 def run_pretrain(cfg: PretrainConfig, console: Console | None = None) -> Path:
     """Both stages, resumable; returns the final model folder (``run_dir/model``)."""
     console = console or Console()
@@ -758,17 +774,10 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None) -> Path:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
-    data = ShapesData(
-        cfg.seed,
-        cfg.image_size,
-        tag_balanced=cfg.train.tag_balanced,
-        tags=cfg.train.tags,
-        tag_weights=cfg.train.tag_weights,
-        text_length_balanced=cfg.train.text_length_balanced,
-        text_lengths=cfg.train.text_lengths,
-    )
+    data = stage_data(cfg, mixture=True)
+    vae_data = data if cfg.vae.train_mixture else stage_data(cfg, mixture=False)
     t0 = time.perf_counter()
-    vae = train_vae(cfg, run_dir, data, console)
+    vae = train_vae(cfg, run_dir, data, console, vae_data)
     pipe = train_denoiser(cfg, run_dir, data, vae, console)
     n_params = {
         name: count_parameters(m) for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)
