@@ -122,11 +122,9 @@ def reconstruction_loss(decoded: torch.Tensor, images: torch.Tensor) -> torch.Te
     return (decoded - images).abs().mean() + F.mse_loss(decoded, images)
 
 
-def train_vae(
-    cfg: PretrainConfig, run_dir: Path, data: ShapesData, console: Console, train_data: ShapesData | None = None
-) -> Any:
-    """Train (or resume, or reuse) the autoencoder on ``train_data`` (default ``data``); return it with the
-    scaling/shift factors set from ``data``, the denoiser's scenes."""
+def train_vae(cfg: PretrainConfig, run_dir: Path, data: ShapesData, console: Console) -> Any:
+    """Train (or resume, or reuse) the autoencoder; return it with the scaling/shift factors set from ``data``,
+    the denoiser's scenes (stage 1 itself sees them at even odds with ``vae.train_mixture: false``)."""
     from diffusers import AutoencoderKL
 
     out = run_dir / "vae"
@@ -167,7 +165,8 @@ def train_vae(
     t0 = time.perf_counter() - wall
     metrics = run_dir / "metrics.jsonl"
     truncate_jsonl(metrics, "vae_step", start)
-    batches = stage_batches(train_data or data, "vae", v.batch_size, start, v.steps, cfg.data_workers)
+    scenes = data if v.train_mixture else stage_data(cfg, mixture=False)
+    batches = stage_batches(scenes, "vae", v.batch_size, start, v.steps, cfg.data_workers)
     with _progress(console) as progress:
         task = progress.add_task("vae", total=v.steps, completed=start, info="")
         for step in range(start, v.steps):
@@ -775,9 +774,8 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     data = stage_data(cfg, mixture=True)
-    vae_data = data if cfg.vae.train_mixture else stage_data(cfg, mixture=False)
     t0 = time.perf_counter()
-    vae = train_vae(cfg, run_dir, data, console, vae_data)
+    vae = train_vae(cfg, run_dir, data, console)
     pipe = train_denoiser(cfg, run_dir, data, vae, console)
     n_params = {
         name: count_parameters(m) for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)
