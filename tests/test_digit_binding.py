@@ -82,10 +82,10 @@ def test_x0_estimate_recovers_the_clean_latent_from_oracle_outputs():
 
 
 def test_shipped_diffusion_denoiser_does_worse_with_the_wrong_digits():
-    # the shipped UNet draws the digits it is asked for (docs/models.md): swapping them costs far more than
-    # the noise of 16 scenes (measured +95% at this level with 64 scenes)
+    # the shipped UNet's x0 error depends on which digits it is asked for (docs/models.md, "The shipped
+    # diffusion recipe": +18% with swapped digits at this level over 64 scenes, +13% over these 16)
     (row,) = script.denoiser_losses("shapes-diffusion", {1, 2}, scenes=16, levels=[0.5], seed=0)
-    assert row["swapped"] > 1.3 * row["right"]
+    assert row["swapped"] > 1.08 * row["right"]
     assert row["empty"] > row["right"]
 
 

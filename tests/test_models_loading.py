@@ -52,6 +52,19 @@ def test_round_trip_is_exact(saved, family):
 
 
 @pytest.mark.parametrize("family", ["flow", "diffusion"])
+def test_saved_tokenizer_files_do_not_depend_on_earlier_calls(saved, tmp_path, family):
+    # a call leaves padding / truncation on the fast backend; files written after it equal those written before
+    root, pipes = saved
+    _images(pipes[family], family)
+    save_pipeline(pipes[family], tmp_path / "after_call", sampler={"num_inference_steps": 3, "guidance_scale": 2.0})
+    for file in sorted((root / family).glob("tokenizer*/*")):
+        after = tmp_path / "after_call" / file.relative_to(root / family)
+        assert after.read_bytes() == file.read_bytes(), file.name
+    saved_json = json.loads((tmp_path / "after_call" / "tokenizer" / "tokenizer.json").read_text())
+    assert saved_json["truncation"] is None and saved_json["padding"] is None
+
+
+@pytest.mark.parametrize("family", ["flow", "diffusion"])
 def test_fp16_storage_loads_in_fp32(saved, family):
     root, pipes = saved
     _, loaded = load_pipeline(root / f"{family}16", torch_dtype=torch.float32)

@@ -47,6 +47,17 @@ def _to_half(folder: Path) -> None:
         save_file(half, file, metadata={"format": "pt"})
 
 
+def _forget_call_settings(pipe: Any) -> None:
+    """Drop the padding / truncation a call leaves on each fast tokenizer's backend: ``tokenizer.json`` would
+    otherwise record how the pipeline was last called, and a rerun would not be byte-exact. Every call sets
+    both again (the pipelines pass ``padding="max_length", truncation=True``)."""
+    for name, component in pipe.components.items():
+        backend = getattr(component, "backend_tokenizer", None) if name.startswith("tokenizer") else None
+        if backend is not None:
+            backend.no_padding()
+            backend.no_truncation()
+
+
 def _portable_tokenizers(folder: Path) -> None:
     index_file = folder / "model_index.json"
     index = json.loads(index_file.read_text())
@@ -74,6 +85,7 @@ def save_pipeline(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is shared like any other
     try:
+        _forget_call_settings(pipe)
         with torch.no_grad(), _quiet_saving():
             pipe.save_pretrained(tmp, safe_serialization=True)
         if half:
