@@ -51,8 +51,8 @@ def _forget_call_settings(pipe: Any) -> None:
     """Drop the padding / truncation a call leaves on each fast tokenizer's backend: ``tokenizer.json`` would
     otherwise record how the pipeline was last called, and a rerun would not be byte-exact. Every call sets
     both again (the pipelines pass ``padding="max_length", truncation=True``)."""
-    for name, component in pipe.components.items():
-        backend = getattr(component, "backend_tokenizer", None) if name.startswith("tokenizer") else None
+    for component in pipe.components.values():
+        backend = getattr(component, "backend_tokenizer", None)  # only fast tokenizers have one
         if backend is not None:
             backend.no_padding()
             backend.no_truncation()
