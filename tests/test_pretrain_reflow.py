@@ -9,6 +9,7 @@ import torch
 from visalign.config_io import load_config
 from visalign.errors import UserError
 from visalign.pretrain.build import DiffusionSpec, build_diffusion_pipeline, build_flow_pipeline
+from visalign.pretrain.checkpoint import load_checkpoint
 from visalign.pretrain.config import PretrainConfig, model_spec
 from visalign.pretrain.data import ShapesData
 from visalign.pretrain.loop import denoiser_loss
@@ -46,12 +47,12 @@ def test_pairs_are_cached_resumable_and_a_function_of_the_seed(tmp_path):
     a = load_or_generate_pairs(teacher, data, shape, 10, 2, 4, out_dir=tmp_path / "a")
     assert len(a) == 10 and a.noise.shape == (10, *shape) == a.latents.shape
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
-        "chunk-00000.pt",
-        "chunk-00001.pt",
-        "chunk-00002.pt",
+        "chunk-00000.safetensors",
+        "chunk-00001.safetensors",
+        "chunk-00002.safetensors",
     ]
     assert set(a.prompts) <= {m["prompt"] for m in data.items}
-    (tmp_path / "a" / "chunk-00001.pt").unlink()  # a run killed before chunk 1 was written
+    (tmp_path / "a" / "chunk-00001.safetensors").unlink()  # a run killed before chunk 1 was written
     resumed = load_or_generate_pairs(teacher, data, shape, 10, 2, 4, out_dir=tmp_path / "a")
     fresh = load_or_generate_pairs(teacher, data, shape, 10, 2, 4, out_dir=tmp_path / "b")
     for other in (resumed, fresh):
@@ -60,7 +61,7 @@ def test_pairs_are_cached_resumable_and_a_function_of_the_seed(tmp_path):
     other_data = ShapesData(seed=4, tags=["single_object", "counting"])
     other_seed = load_or_generate_pairs(teacher, other_data, shape, 10, 2, 4, out_dir=tmp_path / "c")
     assert not torch.equal(other_seed.noise, a.noise) and other_seed.prompts != a.prompts
-    with pytest.raises(UserError, match="chunk-00000.pt"):  # other teacher steps: never mixed into the cache
+    with pytest.raises(UserError, match="chunk-00000.safetensors"):  # other teacher steps: never mixed into the cache
         load_or_generate_pairs(teacher, data, shape, 10, 5, 4, out_dir=tmp_path / "a")
 
     z1, n1, p1 = a.batch(data.rng("reflow", 7), 5, prompt_dropout=0.5)
@@ -115,8 +116,8 @@ def test_pretrain_with_reflow_trains_on_cached_teacher_pairs(tmp_path):
                          "train.steps=2"]  # fmt: skip
     cfg = load_config(PretrainConfig, None, [*TINY, *student_overrides])
     model = run_pretrain(cfg, quiet)
-    chunk = tmp_path / "student" / "reflow" / "chunk-00000.pt"
-    state = torch.load(chunk, weights_only=False)
+    chunk = tmp_path / "student" / "reflow" / "chunk-00000.safetensors"
+    state = load_checkpoint(chunk)  # safetensors + JSON: read without unpickling
     assert state["noise"].shape[0] == 6 and len(state["prompts"]) == 6
     family, pipe = load_pipeline(model)
     assert family == "flow" and pipe.transformer is not None

@@ -123,7 +123,7 @@ def test_corrupted_or_incompatible_checkpoint_on_resume(tmp_path):
     with pytest.raises(UserError, match="incompatible checkpoint: 'trainable'"):
         _trainer(tmp_path, ["train.iterations=2", "resume=auto", "finetune.lora_rank=2"]).run()
     # corrupted
-    state = ckpt / "state.pt"
+    state = ckpt / "state.safetensors"
     state.write_bytes(state.read_bytes()[:-100])
     with pytest.raises(UserError, match="corrupted checkpoint"):
         _trainer(tmp_path, ["train.iterations=2", "resume=auto"]).run()

@@ -13,8 +13,11 @@ the step): N processes compute the same update as one process on the same global
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import shutil
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -25,7 +28,15 @@ import torch
 
 from visalign.advantages import compute_advantages
 from visalign.algorithms import build_algorithm
-from visalign.checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
+from visalign.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    load_latest_valid,
+    resolve_resume,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from visalign.config import Config, dump_config
 from visalign.errors import UserError
 from visalign.jsonl import read_jsonl
@@ -35,6 +46,7 @@ from visalign.report.metrics import MetricsLogger, truncate_metrics
 from visalign.report.progress import TrainProgress
 from visalign.rewards.base import Reward, check_scores
 from visalign.rollout import Rollout, run_rollout, sample_deterministic, sample_seed
+from visalign.run_directory import RunLock, record_resume, resume_changes
 from visalign.sampling import DETERMINISTIC
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -550,22 +562,79 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train (or continue) the run in ``run_dir``, holding its lock; a full disk or a read-only folder is a
+        ``UserError`` naming the path."""
+        lock = RunLock(self.run_dir, "train").acquire() if self.is_main else None
+        try:
+            if lock is not None and lock.stale_message():
+                self._say(lock.stale_message())
+            return self._run()
+        except OSError as err:
+            if err.errno not in _STORAGE_ERRNOS:
+                raise
+            raise UserError(f"{err.filename or self.run_dir}: {err.strerror}; the checkpoints already in "
+                            f"{self.run_dir / 'checkpoints'} are intact") from None
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _say(self, message: str) -> None:
+        if not self.is_main:
+            return
+        if self.console is not None:
+            self.console.print(message, soft_wrap=True)
+        else:
+            print(message, file=sys.stderr)
+
+    def _find_resume(self) -> tuple[Path | None, dict[str, Any] | None]:
+        """The checkpoint to continue from and its state (``resume=auto``: the newest intact one)."""
+        cfg = self.cfg
+        if cfg.resume is None:
+            return None, None
+        if cfg.resume != "auto":
+            path = resolve_resume(cfg.run_dir, cfg.resume)
+            return path, load_checkpoint(path, self.fingerprint())
+        path, state, skipped = load_latest_valid(cfg.run_dir, self.fingerprint())
+        for reason in skipped:
+            self._say(f"skipped a damaged checkpoint: {reason}")
+        self._skipped = skipped
+        return path, state
+
+    def _start_over(self, metrics_path: Path) -> None:
+        """``resume=auto`` with no checkpoint: the earlier attempt died before its first one; start afresh."""
+        logged = sum(1 for line in metrics_path.read_text(errors="replace").splitlines() if line.strip())
+        self._say(f"{self.run_dir}: no checkpoint to resume from; starting the run from the beginning "
+                  f"(discarding the {logged} metrics lines of the attempt that stopped before its first checkpoint)")
+        metrics_path.unlink()
+        for stale in ("summary.json", "resumes.jsonl"):
+            (self.run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(self.run_dir / "evals", ignore_errors=True)
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         wall0 = time.perf_counter()
-        resume_from = resolve_resume(cfg.run_dir, cfg.resume)
-        if resume_from is None and cfg.resume not in (None, "auto"):
-            raise UserError(f"{cfg.resume}: no checkpoint to resume from")
+        self._skipped: list[str] = []
+        resume_from, state = self._find_resume()
         metrics_path = self.run_dir / "metrics.jsonl"
         if resume_from is None and metrics_path.exists():
-            raise UserError(f"{self.run_dir}: already holds a run (metrics.jsonl); continue it with resume=auto "
-                            f"or choose another run_dir")
-        if resume_from is not None:
-            self.load_state(load_checkpoint(resume_from, self.fingerprint()), resume_from)
+            if cfg.resume is None:
+                raise UserError(f"{self.run_dir}: already holds a run (metrics.jsonl); continue it with --resume "
+                                f"(resume=auto) or choose another run_dir")
+            if self.is_main:
+                self._start_over(metrics_path)
+        if resume_from is not None and state is not None:
+            changed = {}
+            if state.get("config") is not None:
+                changed = resume_changes(state["config"], cfg.model_dump(mode="json"), str(resume_from))
+            self.load_state(state, resume_from)
+            self._say(f"resuming from {resume_from} (iteration {self.start_iteration})"
+                      + (f"; changed: {', '.join(changed)}" if changed else ""))
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
             if resume_from is not None:
                 truncate_metrics(metrics_path, self.start_iteration)
+                record_resume(self.run_dir, self.start_iteration, resume_from, changed, self._skipped)
         self.accelerator.wait_for_everyone()
         logger = MetricsLogger(self.run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
                                config=cfg.model_dump(mode="json"), enabled=self.is_main)
@@ -588,6 +657,7 @@ class Trainer:
                 progress.update(it, eval_score=last_eval.get("overall"))
             for it in range(self.start_iteration + 1, stop + 1):
                 row = self.iteration(it)
+                self._check_finite(it, row)
                 if not out_of_time and self._out_of_time(wall0, it):
                     out_of_time = True
                     end = stop = it
@@ -623,6 +693,21 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return summary
 
+    def _check_finite(self, it: int, row: dict[str, Any]) -> None:
+        """Stop the run, before iteration ``it`` is logged or saved, when its loss or the weights are not finite
+        (the last checkpoint written stays the last good one)."""
+        loss = row.get("loss")
+        bad_loss = isinstance(loss, float) and not math.isfinite(loss)
+        bad_weights = [n for n, p in self.generator.named_trainable() if not bool(torch.isfinite(p).all())]
+        if not (bad_loss or bad_weights):
+            return
+        what = f"the loss is {loss}" if bad_loss else f"{len(bad_weights)} trainable tensors hold inf / NaN"
+        good = [p.name for p in list_checkpoints(self.run_dir)]
+        last = f"the last good checkpoint is {self.run_dir / 'checkpoints' / good[-1]}" if good else "no checkpoint was written"
+        raise UserError(f"{self.run_dir}: training diverged at iteration {it}: {what} (grad norm "
+                        f"{row.get('grad_norm')}, train.lr={self.cfg.train.lr}); {last}; lower train.lr or "
+                        f"raise train.grad_clip")
+
     def _out_of_time(self, wall0: float, it: int) -> bool:
         """True when one more iteration plus the final evaluation would overrun ``train.time_budget_min``
         (decided on the main process, agreed by all)."""
@@ -649,8 +734,13 @@ class Trainer:
 
     def save(self, it: int) -> None:
         if self.is_main:
-            save_checkpoint(self.run_dir, it, self.state_dict(it), self.fingerprint(), self.cfg.checkpoint.keep_last)
+            save_checkpoint(self.run_dir, it, self.state_dict(it), self.fingerprint(), self.cfg.checkpoint.keep_last,
+                            config=self.cfg.model_dump(mode="json"))
         self.accelerator.wait_for_everyone()
+
+
+# a full disk, a read-only folder, no permission, a quota: the user's storage, not a bug
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 class _nullcontext:

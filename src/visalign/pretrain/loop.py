@@ -3,7 +3,7 @@
 Run directory layout::
 
     run_dir/config.yaml          the resolved config
-    run_dir/checkpoints/*.pt     resumable state per stage (atomic; a rerun continues from here)
+    run_dir/checkpoints/*.safetensors  resumable state per stage (atomic; a rerun continues from here)
     run_dir/vae/                 the finished stage-1 autoencoder (diffusers folder) + vae_report.json
     run_dir/metrics.jsonl        loss / lr / wall time every ``log.every`` steps
     run_dir/eval.jsonl           test-split ShapesBench score every ``log.eval_every`` steps
@@ -72,6 +72,7 @@ from visalign.pretrain.latent_norm import fold_channel_normalization
 from visalign.pretrain.prefetch import encode_normalised, next_batch, stage_batches
 from visalign.pretrain.reflow import ReflowPairs, load_or_generate_pairs
 from visalign.pretrain.teacher import DiffusionTeacher
+from visalign.run_directory import RunLock
 
 
 def _progress(console: Console) -> Progress:
@@ -153,7 +154,7 @@ def train_vae(cfg: PretrainConfig, run_dir: Path, data: ShapesData, console: Con
     torch.manual_seed(cfg.seed)
     vae = build_vae(vae_spec(cfg))
     opt = torch.optim.AdamW(vae.parameters(), lr=v.lr, weight_decay=0.0)
-    ckpt_path = run_dir / "checkpoints" / "vae.pt"
+    ckpt_path = run_dir / "checkpoints" / "vae.safetensors"
     start, wall = 0, 0.0
     state = load_checkpoint(ckpt_path)
     if state is not None:
@@ -552,7 +553,7 @@ def train_denoiser(cfg: PretrainConfig, run_dir: Path, data: ShapesData, vae: An
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     ema = EMA(params, t.ema_decay) if t.ema_decay > 0 else None
 
-    ckpt_path = run_dir / "checkpoints" / "denoiser.pt"
+    ckpt_path = run_dir / "checkpoints" / "denoiser.safetensors"
     start, wall = 0, 0.0
     state = load_checkpoint(ckpt_path)
     if state is not None:
@@ -771,16 +772,18 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None) -> Path:
     console = console or Console()
     torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
-    data = stage_data(cfg, mixture=True)
-    t0 = time.perf_counter()
-    vae = train_vae(cfg, run_dir, data, console)
-    pipe = train_denoiser(cfg, run_dir, data, vae, console)
-    n_params = {
-        name: count_parameters(m) for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)
-    }
-    out = export_model(pipe, cfg, run_dir / "model", cfg.train.steps, pipe._visalign_wall, n_params)
-    finalize(cfg, run_dir, out, console)
+    with RunLock(run_dir, "pretrain") as lock:  # one pretraining run per folder: two would mix their checkpoints
+        if lock.stale_message():
+            console.print(lock.stale_message(), soft_wrap=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        data = stage_data(cfg, mixture=True)
+        t0 = time.perf_counter()
+        vae = train_vae(cfg, run_dir, data, console)
+        pipe = train_denoiser(cfg, run_dir, data, vae, console)
+        n_params = {
+            name: count_parameters(m) for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)
+        }
+        out = export_model(pipe, cfg, run_dir / "model", cfg.train.steps, pipe._visalign_wall, n_params)
+        finalize(cfg, run_dir, out, console)
     console.print(f"pretrain done in {time.perf_counter() - t0:.0f}s (this invocation): {out}")
     return out

@@ -88,7 +88,7 @@ def load_or_generate_pairs(
     noises, latents, prompts = [], [], []
     for k in range(n_chunks):
         size = min(chunk_size, n_pairs - k * chunk_size)
-        path = out_dir / f"chunk-{k:05d}.pt"
+        path = out_dir / f"chunk-{k:05d}.safetensors"
         state = load_checkpoint(path)
         if state is not None and (state["size"], state["steps"], tuple(state["noise"].shape[1:])) != (
             size,

@@ -15,21 +15,46 @@ from visalign.errors import UserError
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``. A torn last line (what a kill or a full disk leaves mid-write) is dropped:
+    the run that wrote it never finished that iteration, and a resume logs it again. Any other line that is not a
+    JSON object is a ``UserError`` naming the file and the line."""
     path = Path(path)
     if not path.is_file():
         return []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
+    lines = text.split("\n")
+    torn_tail = not text.endswith("\n")  # the last write did not complete
     rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            if torn_tail and lineno == len(lines):
+                break
+            raise UserError(f"{path}:{lineno}: malformed metrics line ({err.msg} at column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 
 def truncate_metrics(path: str | Path, last_iteration: int) -> None:
-    """Drop lines logged after ``last_iteration`` (a resumed run re-logs them)."""
+    """Drop lines logged after ``last_iteration`` (a resumed run re-logs them) and a torn last line."""
     path = Path(path)
-    rows = [r for r in read_metrics(path) if int(r.get("iteration", 0)) <= last_iteration]
+    rows = [r for r in read_metrics(path) if _iteration(r, path) <= last_iteration]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _iteration(row: dict[str, Any], path: Path) -> int:
+    value = row.get("iteration", 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{path}: a metrics line has a non-numeric iteration ({value!r})")
+    return int(value)
 
 
 class MetricsLogger:
