@@ -249,3 +249,35 @@ def test_cli_server_killed_mid_run_client_retries_then_fails() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_bench_reward_server_runs_a_round_against_a_git_revision() -> None:
+    import argparse
+    import shutil
+
+    from benchmark_scripts import load_benchmark
+
+    bench = load_benchmark("bench_reward_server")
+    args = argparse.Namespace(clients=4, requests=8, call_ms=1.0, max_batch=16, max_wait_ms=5.0)
+    images = torch.rand(2, 3, 8, 8)
+    variants = [{"_http": bench._http, "wire": bench.wire, "server": bench.server}]
+    if shutil.which("git") and (ROOT / ".git").exists():
+        variants.append(bench.load_revision("HEAD"))
+    for mods in variants:
+        rps, ips, calls = bench.one_round(mods, args, images)
+        assert rps > 0 and ips == pytest.approx(2 * rps) and 1 <= calls <= 8
+
+
+def test_remote_splits_a_batch_larger_than_the_server_takes(server: RewardHTTPServer) -> None:
+    """A whole rollout in one call (the GenEval recipe sends 1,152 images) goes out in requests the server accepts
+    (this server refuses more than 8 images a request); the scores come back in order."""
+    images = _flat(list(range(0, 200, 10)))  # 20 images
+    remote = build_reward("remote", url=server.url, token="s3cret", max_images=8)
+    scores = remote(images, [f"p{i}" for i in range(20)], [{} for _ in range(20)])
+    expected = images.mean(dim=(1, 2, 3))
+    torch.testing.assert_close(scores["brightness"], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(scores["brightness/x2"], 2 * expected, rtol=0, atol=1e-6)
+    assert server.scorer.requests == 3  # 8 + 8 + 4
+    with pytest.raises(RewardError, match="too many images|413"):
+        build_reward("remote", url=server.url, token="s3cret", max_images=20, retries=0)(
+            images, [f"p{i}" for i in range(20)], [{} for _ in range(20)])

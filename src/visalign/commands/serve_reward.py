@@ -4,6 +4,8 @@ Wire format and endpoints: ``visalign.rewards.wire`` (``POST /score``, ``GET /he
 127.0.0.1 by default; binding another address requires a token (``--token`` or ``$VISALIGN_REWARD_TOKEN``).
 Reward keyword arguments are ``key=value`` pairs; values are parsed as JSON when they parse
 (``max_batch=4``, ``flag=true``, ``weights={"a":1}``), else kept as strings (``checkpoint=/models/pick``).
+The server's limits (body bytes, image and request pixels read from the PNG headers, concurrent connections,
+idle and read timeouts) are flags; what each bounds is in ``visalign.rewards.server``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,18 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long to wait for more requests to batch")
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
     parser.add_argument("--max-images", type=int, default=256, help="most images in one request")
+    # The pixel defaults live in visalign.rewards.wire (None here: importing it would import torch for --help).
+    parser.add_argument("--max-image-pixels", type=int, default=None,
+                        help="most pixels in one image, read from its PNG header before decoding; 413 beyond "
+                             "(default 4096*4096)")
+    parser.add_argument("--max-request-pixels", type=int, default=None,
+                        help="most pixels in all the images of one request; 413 beyond (default 64*1024*1024)")
+    parser.add_argument("--max-connections", type=int, default=64,
+                        help="connections served at once, a thread each; further ones get 503 at once")
+    parser.add_argument("--idle-timeout-s", type=float, default=10.0,
+                        help="close a connection on which no request starts within this time")
+    parser.add_argument("--read-timeout-s", type=float, default=60.0,
+                        help="headers and body of a request must arrive within this time (408 beyond)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
 
 
@@ -76,6 +90,28 @@ def _reparse(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"bad arguments for serve-reward: {' '.join(args.rest)}") from exc
 
 
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``RewardHTTPServer`` keyword arguments of the parsed options (``UserError`` naming a bad one)."""
+    from visalign.rewards.wire import MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS
+
+    image_pixels = MAX_IMAGE_PIXELS if args.max_image_pixels is None else args.max_image_pixels
+    request_pixels = MAX_REQUEST_PIXELS if args.max_request_pixels is None else args.max_request_pixels
+    positive = {"--max-batch": args.max_batch, "--max-images": args.max_images, "--max-body-mb": args.max_body_mb,
+                "--max-image-pixels": image_pixels, "--max-request-pixels": request_pixels,
+                "--max-connections": args.max_connections, "--idle-timeout-s": args.idle_timeout_s,
+                "--read-timeout-s": args.read_timeout_s}  # fmt: skip
+    for flag, value in positive.items():
+        if not value > 0:
+            raise UserError(f"{flag} must be > 0, got {value}")
+    return {
+        "max_batch": args.max_batch, "max_wait_s": args.max_wait_ms / 1000,
+        "max_body_bytes": int(args.max_body_mb * 2**20), "max_request_images": args.max_images,
+        "max_image_pixels": image_pixels, "max_request_pixels": request_pixels,
+        "max_connections": args.max_connections, "idle_timeout_s": args.idle_timeout_s,
+        "read_timeout_s": args.read_timeout_s, "verbose": args.verbose,
+    }  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     from visalign.rewards import build_reward
     from visalign.rewards.remote import TOKEN_ENV
@@ -85,24 +121,18 @@ def run(args: argparse.Namespace) -> int:
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     if not is_loopback(args.host) and not token:
         raise UserError(f"--host {args.host} is not a loopback address: set --token (or ${TOKEN_ENV}) to expose it")
-    if args.max_batch < 1 or args.max_images < 1:
-        raise UserError("--max-batch and --max-images must be >= 1")
+    options = server_options(args)
     reward = build_reward(args.name, **parse_kwargs(args.kwargs))
     try:
-        server = RewardHTTPServer(
-            reward, args.host, args.port, token=token, max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000,
-            max_body_bytes=int(args.max_body_mb * 2**20), max_request_images=args.max_images, verbose=args.verbose,
-        )  # fmt: skip
+        server = RewardHTTPServer(reward, args.host, args.port, token=token, **options)
     except OSError as err:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {err}") from err
-    print(f"serving reward '{reward.name}' on {server.url} (POST /score, GET /health; max batch {args.max_batch})",
-          flush=True)  # fmt: skip
+    print(f"serving reward '{reward.name}' on {server.url} (POST /score, GET /health; max batch {args.max_batch}, "
+          f"{args.max_connections} connections)", flush=True)  # fmt: skip
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
     finally:
-        server.closing = True
-        server.server_close()
-        server.scorer.close()
+        server.close()
     return 0
