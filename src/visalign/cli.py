@@ -1,7 +1,9 @@
 """The ``visalign`` command line.
 
 Subcommands live in ``visalign.commands.<module>`` and are imported lazily. A ``UserError`` (bad config,
-bad prompt file, missing checkpoint...) is printed on one line and exits with status 2, no traceback.
+bad prompt file, missing checkpoint...) is printed on one line and exits with status 2, no traceback. A
+``RewardError`` (a reward that could not be computed: a remote server that stopped answering, a reward that returned
+NaN) is printed the same way with status 1: the run failed, though not because of what the user typed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import sys
 
 from visalign import __version__
 from visalign.commands import SUBCOMMANDS
-from visalign.errors import UserError
+from visalign.commands._args import OneLineParser
+from visalign.errors import UserError, one_line
 
 
 def _available() -> dict[str, str]:
@@ -27,7 +30,7 @@ def _available() -> dict[str, str]:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visalign", description="RL post-training for visual generators.")
+    parser = OneLineParser(prog="visalign", description="RL post-training for visual generators.")
     parser.add_argument("--version", action="version", version=f"visalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _available().items():
@@ -49,6 +52,13 @@ class _NoTorchvisionNotice(logging.Filter):
         return "requires torchvision (not installed)" not in record.getMessage()
 
 
+def _is_reward_error(err: BaseException) -> bool:
+    """Whether ``err`` is a ``RewardError``, without importing the reward stack (torch) for commands that never
+    loaded it."""
+    base = sys.modules.get("visalign.rewards.base")
+    return base is not None and isinstance(err, base.RewardError)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
@@ -63,8 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
+    except Exception as err:
+        if not _is_reward_error(err):
+            raise  # a defect in visalign keeps its traceback
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -2,24 +2,29 @@
 
 ``visalign train --config recipes/quickstart.yaml train.iterations=40 algorithm.options.kl_beta=0.04``
 
-Every section forbids unknown keys; a typo names the closest valid key (``visalign.config_io``). The resolved
-config is written into every run directory as ``config.yaml``.
+Every section forbids unknown keys; a typo names the closest valid key (``visalign.config_io``). Beyond the
+types, loading checks what a run would otherwise find out only after the model has loaded: the rewards and the
+algorithm exist and take the options given, the prompt files can be read (``Config.semantic_problems``). The
+resolved config is written into every run directory as ``config.yaml``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from visalign.config_io import StrictModel, dump_config, load_config
+from visalign.config_io import StrictModel, dump_config, explain, load_config
 
 
 class ModelConfig(StrictModel):
     name: str = "shapes-flow"  # shipped alias (shapes-flow, shapes-diffusion), diffusers folder, or hub id
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    resolution: int | None = None  # image side in pixels; None: the model's native size
+    # image side in pixels; None: the model's native size. The model checks that it can take it (a multiple of its
+    # VAE factor x patch size) when it loads: models/base.py
+    resolution: int | None = Field(None, gt=0)
     max_sequence_length: int | None = None  # SD3 only: zero T5 tokens; None: from the model folder, else 256
     negative_prompt: str = ""
 
@@ -27,7 +32,7 @@ class ModelConfig(StrictModel):
 class FinetuneConfig(StrictModel):
     mode: Literal["lora", "full"] = "lora"
     lora_rank: int = Field(8, ge=1)
-    lora_alpha: float = 8.0
+    lora_alpha: float = Field(8.0, gt=0)
     target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -53,7 +58,7 @@ class AlgorithmConfig(StrictModel):
 
 
 class RewardSpec(StrictModel):
-    name: str = "shapes"
+    name: str = "shapes_soft"  # the ShapesWorld verifier's partial credit (rewards/shapes.py)
     weight: float = 1.0
     options: dict[str, Any] = {}
 
@@ -83,10 +88,10 @@ class EMAConfig(StrictModel):
 class TrainConfig(StrictModel):
     iterations: int = Field(20, ge=1)
     lr: float = Field(3e-4, gt=0)
-    weight_decay: float = 0.0
-    betas: list[float] = [0.9, 0.999]
-    adam_eps: float = 1e-8
-    grad_clip: float = 1.0  # max grad norm (0: off)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: list[float] = [0.9, 0.999]  # AdamW's (beta1, beta2), each in [0, 1)
+    adam_eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0)  # max grad norm (0: off)
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_iters: int = Field(0, ge=0)
     inner_epochs: int = Field(1, ge=1)  # passes over each rollout
@@ -96,6 +101,14 @@ class TrainConfig(StrictModel):
     ema: EMAConfig = EMAConfig()
     threads: int = Field(0, ge=0)  # torch threads (0: leave as is)
     time_budget_min: float | None = Field(None, gt=0)  # stop early (then evaluate) so that the run fits this wall time
+
+    @field_validator("betas")
+    @classmethod
+    def _adam_betas(cls, betas: list[float]) -> list[float]:
+        # torch checks these only when the optimizer is built, after the model has loaded
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"AdamW takes two betas, each in [0, 1), got {betas}")
+        return betas
 
 
 class EvalConfig(StrictModel):
@@ -142,18 +155,69 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> Config:
+        # messages start with the dotted key at fault: that is how config_io names the file or override that set it
         for name in ("train_window", "sde_window"):
             window = getattr(self.sampling, name)
             if window is not None and (len(window) != 2 or not 0 <= window[0] < window[1] <= self.sampling.num_steps):
-                raise ValueError(f"sampling.{name} must be [first, last+1] within 0..{self.sampling.num_steps}")
+                raise ValueError(f"sampling.{name} must be [first, last+1] within 0..{self.sampling.num_steps}, "
+                                 f"got {window}")
         if not self.rewards:
             raise ValueError("rewards: give at least one reward")
         return self
+
+    def semantic_problems(self) -> Iterator[tuple[str, str]]:
+        yield from _reward_problems(self.rewards)
+        yield from _algorithm_problems(self.algorithm)
+        yield from _prompt_file_problems("data.train", self.data.train)
+        if self.eval.enabled:
+            yield from _prompt_file_problems("data.test", self.data.test)
 
     def trained_steps_per_sample(self, trainable: int) -> int:
         if self.sampling.timestep_fraction is not None:
             return max(1, int(round(trainable * self.sampling.timestep_fraction)))
         return self.sampling.train_steps
+
+
+def _reward_problems(specs: list[RewardSpec]) -> Iterator[tuple[str, str]]:
+    """Unknown rewards, and options their constructors do not take, before the model loads."""
+    from visalign.rewards.base import reward_option_problems
+
+    for i, spec in enumerate(specs):
+        for key, text in reward_option_problems(spec.name, spec.options):
+            yield (f"rewards.{i}.options.{key}" if key else f"rewards.{i}.name"), text
+
+
+def _algorithm_problems(spec: AlgorithmConfig) -> Iterator[tuple[str, str]]:
+    """An unknown algorithm, or options its ``Options`` model rejects (the trainer builds it after the model)."""
+    import difflib
+
+    from visalign.algorithms import registered_algorithms
+
+    registry = registered_algorithms()
+    if spec.name not in registry:
+        close = difflib.get_close_matches(spec.name, registry, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        yield "algorithm.name", f"unknown algorithm '{spec.name}'{hint}; known: {', '.join(sorted(registry))}"
+        return
+    options = registry[spec.name].Options
+    try:
+        options.model_validate(spec.options)
+    except ValidationError as err:
+        yield explain(options, err, prefix="algorithm.options.")
+
+
+def _prompt_file_problems(key: str, source: str) -> Iterator[tuple[str, str]]:
+    """A prompt file that is not UTF-8 text. A missing one is not a problem of the config (a recipe may name data
+    that is downloaded later); the trainer reports it, and checks every line, when it reads the file."""
+    path = Path(source)
+    if source in ("train", "test") or not path.is_file():  # train / test: the shipped ShapesWorld splits
+        return
+    try:
+        path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        yield key, f"{path}: not a UTF-8 text file"
+    except OSError as err:
+        yield key, f"{path}: cannot read prompt file ({err.strerror or err})"
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

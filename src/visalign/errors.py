@@ -17,6 +17,16 @@ class UserError(Exception):
     exit_code = 2
 
 
+def one_line(message: object, limit: int = 600) -> str:
+    """``message`` on a single line (newlines and runs of spaces collapsed), cut at ``limit`` characters.
+
+    Messages that wrap a library's error (pydantic, diffusers, torch) can span lines or list every parameter of a
+    model; the CLI promises one line, so the location (which comes first) always survives the cut.
+    """
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 4].rstrip() + " ..."
+
+
 def where(path: object, line: int | None = None, key: str | None = None) -> str:
     """Format a location prefix such as ``prompts.jsonl:12`` or ``recipe.yaml [train.lr]``."""
     text = str(path)
@@ -32,5 +42,5 @@ def exit_on_user_error(main: Callable[[], object]) -> None:
     try:
         main()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None

@@ -281,6 +281,11 @@ class Trainer:
         # data
         self.train_items = train_prompts(cfg)
         self.test_items = load_prompts(cfg.data.test) if cfg.eval.enabled else []
+        from visalign.rewards.base import check_metadata
+
+        # a prompt without the metadata a reward reads: say so now, naming the file, not after the first rollout
+        check_metadata(self.rewards, self.train_items, cfg.data.train)
+        check_metadata(self.rewards, self.test_items, cfg.data.test)
         self.stream = PromptStream(len(self.train_items), cfg.seed)
 
         # optimisation

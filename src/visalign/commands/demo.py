@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from visalign.commands._args import output_folder, positive_int
+
 NAME = "demo"
 HELP = "run the quickstart on the embedded ShapesWorld"
 
@@ -21,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world", action="store_true", help="only render and score ShapesWorld ground truth")
     parser.add_argument("--recipe", type=Path, default=QUICKSTART, help=f"recipe (default: {QUICKSTART})")
     parser.add_argument(
-        "--out", type=Path, default=Path("runs/demo"), help="output folder for --world (default: runs/demo)"
+        "--out", type=output_folder, default=Path("runs/demo"), help="output folder for --world (default: runs/demo)"
     )
-    parser.add_argument("--images-per-prompt", type=int, default=2, help="--world: images per test prompt")
+    parser.add_argument("--images-per-prompt", type=positive_int, default=2, help="--world: images per test prompt")
     parser.add_argument("--seed", type=int, default=0, help="--world: seed (default: 0)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides for the recipe, e.g. train.iterations=20")
 

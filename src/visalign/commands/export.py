@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 
+from visalign.commands._args import output_folder
+
 NAME = "export"
 HELP = "export trained weights (LoRA or merged) in diffusers format"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="a training run directory (with checkpoints/)")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, type=output_folder, help="output folder")
     parser.add_argument("--merged", action="store_true", help="write the full pipeline with the weights merged")
     parser.add_argument("--checkpoint", help="a checkpoint folder (default: the latest of RUN_DIR)")
     parser.add_argument("--ema", action="store_true", help="export the EMA weights (when the run kept an EMA)")

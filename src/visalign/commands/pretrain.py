@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from visalign.commands._args import nonnegative_int
+
 NAME = "pretrain"
 HELP = "pretrain a tiny base model on ShapesWorld"
 
@@ -18,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.steps=100 run_dir=runs/x")
     parser.add_argument(
         "--from-export",
-        type=int,
+        type=nonnegative_int,
         metavar="STEP",
         default=None,
         help="finish with run_dir/exports/step-STEP of a longer run (identical to a train.steps=STEP run)",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from visalign.commands._args import output_file
+
 NAME = "report"
 HELP = "build the HTML report of a run directory"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="a training run directory")
-    parser.add_argument("--out", help="output file (default: RUN_DIR/report.html)")
+    parser.add_argument("--out", type=output_file, help="output file (default: RUN_DIR/report.html)")
 
 
 def run(args: argparse.Namespace) -> int:

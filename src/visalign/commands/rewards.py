@@ -9,6 +9,15 @@ import argparse
 import math
 from collections.abc import Callable
 
+from visalign.commands._args import (
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    output_folder,
+    positive_float,
+    positive_int,
+)
+
 NAME = "rewards"
 HELP = "list rewards; train the learned ShapesWorld reward model"
 
@@ -58,27 +67,27 @@ def _run_list(args: argparse.Namespace) -> int:
 
 def _add_train_shapes_rm(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``train-shapes-rm`` (the data and loop live in ``visalign.rewards.shapes_rm_train``)."""
-    parser.add_argument("--out", required=True, help="folder to write (model.safetensors, config.json, README.md)")
-    parser.add_argument("--synthetic", type=int, default=80000, help="rendered / mismatched / degraded pairs")
+    parser.add_argument("--out", required=True, type=output_folder, help="folder to write (model.safetensors, config.json, README.md)")
+    parser.add_argument("--synthetic", type=nonnegative_int, default=80000, help="rendered / mismatched / degraded pairs")
     parser.add_argument("--generated", action="append", metavar="DIR",
                         help="GenEval-layout folder of generated samples to train on (repeatable)")  # fmt: skip
     parser.add_argument("--eval-generated", action="append", metavar="DIR",
                         help="held-out GenEval-layout folder of generated samples (repeatable)")  # fmt: skip
-    parser.add_argument("--holdout", type=float, default=0.2,
+    parser.add_argument("--holdout", type=fraction, default=0.2,
                         help="with --generated and no --eval-generated: fraction of its prompts held out")  # fmt: skip
     parser.add_argument("--model", help="a generator (diffusers folder or shipped alias) to sample from")
-    parser.add_argument("--model-images", type=int, default=2, help="--model: images per train-split prompt")
-    parser.add_argument("--model-eval-images", type=int, default=4,
+    parser.add_argument("--model-images", type=nonnegative_int, default=2, help="--model: images per train-split prompt")
+    parser.add_argument("--model-eval-images", type=nonnegative_int, default=4,
                         help="--model: held-out images per test-split prompt")  # fmt: skip
-    parser.add_argument("--eval-synthetic", type=int, default=3000, help="held-out pairs over test-split prompts")
-    parser.add_argument("--steps", type=int, default=8000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--generated-weight", type=float, default=3.0,
+    parser.add_argument("--eval-synthetic", type=nonnegative_int, default=3000, help="held-out pairs over test-split prompts")
+    parser.add_argument("--steps", type=positive_int, default=8000)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--lr", type=positive_float, default=2e-3)
+    parser.add_argument("--generated-weight", type=nonnegative_float, default=3.0,
                         help="sampling weight of a generated pair relative to a synthetic one")  # fmt: skip
     parser.add_argument("--init", help="a shapes_rm folder to start from (fine-tuning)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--no-card", action="store_true", help="do not write README.md")
     parser.add_argument("--card-note", default="", help="a paragraph to add to the model card (e.g. data provenance)")
 

@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from visalign.commands._args import finite_float, nonnegative_int, output_folder, positive_int
+
 NAME = "sample"
 HELP = "sample images from a diffusers pipeline folder into GenEval layout"
 
@@ -25,14 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt", help="one prompt")
     src.add_argument("--prompts", help="a file: GenEval metadata JSONL (.jsonl) or one prompt per line")
     src.add_argument("--split", choices=["train", "test"], help="a ShapesWorld prompt split")
-    parser.add_argument("--images-per-prompt", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=None, help="default: the model's visalign.json")
-    parser.add_argument("--guidance", type=float, default=None, help="default: the model's visalign.json")
-    parser.add_argument("--max-sequence-length", type=int, default=None, help="SD3 only: zero T5 tokens")
+    parser.add_argument("--images-per-prompt", type=positive_int, default=4)
+    parser.add_argument("--steps", type=positive_int, default=None, help="default: the model's visalign.json")
+    parser.add_argument("--guidance", type=finite_float, default=None, help="default: the model's visalign.json")
+    parser.add_argument("--max-sequence-length", type=nonnegative_int, default=None, help="SD3 only: zero T5 tokens")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--out", required=True, help="output folder (GenEval layout)")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", required=True, type=output_folder, help="output folder (GenEval layout)")
 
 
 def read_prompts(args: argparse.Namespace) -> list[dict]:
@@ -54,6 +56,8 @@ def read_prompts(args: argparse.Namespace) -> list[dict]:
         return load_prompt_file(path)
     try:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read prompt file ({err.strerror or err})") from None
     prompts = [{"prompt": ln} for ln in lines if ln]
@@ -66,13 +70,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from visalign.errors import UserError
     from visalign.eval.geneval_layout import write_prompt_folder
     from visalign.models.loading import load_pipeline, sampler_defaults
     from visalign.pretrain.generate import generate, image_seed, pipeline_kwargs
 
-    if args.images_per_prompt < 1:
-        raise UserError("--images-per-prompt must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     metadata = read_prompts(args)

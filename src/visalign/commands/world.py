@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from visalign.commands._args import int_at_least, output_folder, positive_int
+
 NAME = "world"
 HELP = "ShapesWorld: render ground truth, regenerate prompt files"
 
@@ -20,13 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split", default="test", choices=("train", "test"), help="prompt split (default: test)"
     )
     render.add_argument("--prompts", type=Path, default=None, help="a JSONL prompt file instead of a split")
-    render.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt (default: 4)")
-    render.add_argument("--size", type=int, default=64, help="image size in pixels (default: 64)")
+    render.add_argument("--images-per-prompt", type=positive_int, default=4, help="images per prompt (default: 4)")
+    render.add_argument("--size", type=int_at_least(32), default=64, help="image size in pixels, >= 32 (default: 64)")
     render.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
-    render.add_argument("--out", type=Path, required=True, help="output folder")
+    render.add_argument("--out", type=output_folder, required=True, help="output folder")
     prompts = sub.add_parser("prompts", help="regenerate the train / test prompt files")
     prompts.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: the shipped data folder)"
+        "--out", type=output_folder, default=None, help="output folder (default: the shipped data folder)"
     )
     prompts.add_argument("--seed", type=int, default=0, help="split seed (default: 0, the shipped files)")
 
@@ -34,14 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _render(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from visalign.errors import UserError
     from visalign.worlds.shapes.groundtruth import render_folder
     from visalign.worlds.shapes.prompts import load_prompt_file, load_split
 
-    if args.images_per_prompt < 1:
-        raise UserError(f"--images-per-prompt must be at least 1, got {args.images_per_prompt}")
-    if args.size < 32:
-        raise UserError(f"--size must be at least 32 pixels, got {args.size}")
     metadatas = load_prompt_file(args.prompts) if args.prompts else load_split(args.split)
     sheet = render_folder(args.out, metadatas, args.images_per_prompt, args.size, args.seed, progress=True)
     n = len(metadatas) * args.images_per_prompt

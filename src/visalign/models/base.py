@@ -108,6 +108,24 @@ class Generator:
         size = cfg.sample_size if resolution is None else resolution // self.pipeline.vae_scale_factor
         return (cfg.in_channels, size, size)
 
+    def resolution_rule(self) -> tuple[int, int | None, str]:
+        """(step, largest side or None, why): the image sides this model takes are positive multiples of step."""
+        factor = int(self.pipeline.vae_scale_factor)
+        return factor, None, f"VAE factor {factor}"
+
+    def check_resolution(self, resolution: int | None) -> None:
+        """A ``UserError`` naming ``model.resolution`` when the model cannot take that side: the latent side is
+        ``resolution // vae_scale_factor``, so another size is silently changed, or fails deep in the network."""
+        if resolution is None:
+            return
+        step, largest, why = self.resolution_rule()
+        if resolution <= 0 or resolution % step or (largest is not None and resolution > largest):
+            from visalign.errors import UserError
+
+            limit = f", at most {largest}" if largest is not None else ""
+            raise UserError(f"model.resolution={resolution}: this model takes image sides that are positive "
+                            f"multiples of {step} ({why}){limit}")
+
     def schedule(self, num_steps: int) -> Schedule:
         raise NotImplementedError
 
@@ -223,5 +241,8 @@ class Generator:
             pipe.save_pretrained(str(out_dir))
         finally:
             pipe.register_modules(**{denoiser_name: original})
+        from visalign.models._safetensors import canonicalize_folder
+
+        canonicalize_folder(out_dir)  # byte-reproducible whatever metadata a library writes
 
     denoiser_component: str = ""

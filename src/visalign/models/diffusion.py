@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from visalign.models import lora as lora_utils
+from visalign.models._safetensors import canonicalize
 from visalign.models.base import Generator, Schedule
 from visalign.sampling import Kernel, build_kernel
 
@@ -24,6 +25,7 @@ class DiffusionGenerator(Generator):
     def __init__(self, pipeline: Any, device="cpu", negative_prompt: str = "", resolution: int | None = None,
                  **_: Any) -> None:
         super().__init__(pipeline, device, negative_prompt)
+        self.check_resolution(resolution)
         self.resolution = resolution
         self.prediction_type = pipeline.scheduler.config.get("prediction_type", "epsilon")
 
@@ -76,3 +78,4 @@ class DiffusionGenerator(Generator):
             unet_lora_layers=lora_utils.lora_state_dict(self.denoiser),
             unet_lora_adapter_metadata=lora_utils.lora_metadata(self.denoiser),
         )
+        canonicalize(Path(out_dir) / lora_utils.LORA_FILE)  # its metadata order would differ per process

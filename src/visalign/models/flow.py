@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from visalign.models import lora as lora_utils
+from visalign.models._safetensors import canonicalize
 from visalign.models.base import Generator, Schedule
 from visalign.sampling import Kernel, build_kernel
 
@@ -35,6 +36,7 @@ class FlowGenerator(Generator):
         if max_sequence_length is None:
             max_sequence_length = 256  # diffusers' default (zero tokens when there is no T5)
         self.max_sequence_length = max_sequence_length
+        self.check_resolution(resolution)
         self.resolution = resolution
         self.predicts_sample = pipeline.scheduler.config.get("prediction_type") == "sample"
         self._sigma_of_time: dict[float, float] = {}  # network time -> exact sigma, from the schedules built
@@ -42,6 +44,14 @@ class FlowGenerator(Generator):
     @property
     def denoiser(self):
         return self.pipeline.transformer
+
+    def resolution_rule(self) -> tuple[int, int | None, str]:
+        # the transformer cuts the latent into patch x patch tokens and has position embeddings for at most
+        # pos_embed_max_size tokens a side
+        vae, config = int(self.pipeline.vae_scale_factor), self.denoiser.config
+        patch, max_tokens = int(config.patch_size), config.get("pos_embed_max_size")
+        largest = None if max_tokens is None else int(max_tokens) * patch * vae
+        return vae * patch, largest, f"VAE factor {vae} x patch size {patch}"
 
     def _encode_batch(self, prompts, with_negative):
         embeds, _neg, pooled, _neg_pooled = self.pipeline.encode_prompt(
@@ -117,3 +127,4 @@ class FlowGenerator(Generator):
             transformer_lora_layers=lora_utils.lora_state_dict(self.denoiser),
             transformer_lora_adapter_metadata=lora_utils.lora_metadata(self.denoiser),
         )
+        canonicalize(Path(out_dir) / lora_utils.LORA_FILE)  # its metadata order would differ per process

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,14 +51,26 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     return path
 
 
+def read_json_object(file: Path) -> dict[str, Any]:
+    """A JSON file that must hold one object; anything else is a ``UserError`` naming the file."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{file}: malformed JSON ({err.msg}, line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{file}: not a UTF-8 JSON file") from None
+    except OSError as err:
+        raise UserError(f"{file}: cannot read ({err.strerror or err})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def read_model_index(path: Path) -> dict[str, Any]:
     index_file = path / "model_index.json"
     if not index_file.is_file():
         raise UserError(f"{path}: missing model_index.json (not a diffusers pipeline folder)")
-    try:
-        return json.loads(index_file.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{index_file}: malformed JSON ({err.msg}, line {err.lineno})") from None
+    return read_json_object(index_file)
 
 
 def detect_family(index: dict[str, Any], path: Path) -> Family:
@@ -78,6 +91,8 @@ def check_components(path: Path, index: dict[str, Any], family: Family) -> None:
     """Raise a ``UserError`` naming the first required component whose folder, config or weights are missing."""
     for name in REQUIRED[family]:
         entry = index.get(name)
+        if entry is not None and not (isinstance(entry, list) and len(entry) == 2):
+            raise UserError(f"{path}/model_index.json: component '{name}' must be [library, class], got {entry!r}")
         if not entry or entry[0] is None or entry[1] is None:
             raise UserError(f"{path}: component '{name}' is not listed in model_index.json")
         folder = path / name
@@ -107,10 +122,28 @@ def sampler_defaults(name_or_path: str | Path) -> dict[str, Any]:
     file = path / SAMPLER_FILE
     if not file.is_file():
         return {}
-    try:
-        return dict(json.loads(file.read_text()).get("sampler", {}))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{file}: malformed JSON ({err.msg}, line {err.lineno})") from None
+    sampler = read_json_object(file).get("sampler", {})
+    if not isinstance(sampler, dict):
+        raise UserError(f"{file} [sampler]: expected an object of sampler settings, got {type(sampler).__name__}")
+    for key, value in sampler.items():
+        _check_sampler_value(file, key, value)
+    return dict(sampler)
+
+
+# what each sampler setting of visalign.json must be: (check, description); a NaN guidance samples NaN images
+_SAMPLER_RULES: dict[str, tuple[Any, str]] = {
+    "num_inference_steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "guidance_scale": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                       "a finite number"),
+    "max_sequence_length": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+                            "an integer >= 0"),
+}
+
+
+def _check_sampler_value(file: Path, key: str, value: Any) -> None:
+    rule = _SAMPLER_RULES.get(key)
+    if rule is not None and not rule[0](value):
+        raise UserError(f"{file} [sampler.{key}]: must be {rule[1]}, got {value!r}")
 
 
 def load_pipeline(name_or_path: str | Path, torch_dtype: torch.dtype = torch.float32) -> tuple[Family, Any]:
@@ -130,8 +163,10 @@ def load_pipeline(name_or_path: str | Path, torch_dtype: torch.dtype = torch.flo
             pipe = _from_pretrained(
                 family, path, torch_dtype, StableDiffusion3Pipeline, StableDiffusionPipeline
             )
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"{path}: could not load the pipeline ({err})") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        # diffusers' messages can list every expected component: the first line is enough to act on
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: could not load the pipeline ({type(err).__name__}: {first[:300]})") from None
     pipe.set_progress_bar_config(disable=True)
     return family, pipe
 

@@ -11,6 +11,8 @@ from torch import nn
 if TYPE_CHECKING:
     from visalign.models.base import FinetuneSpec
 
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the file diffusers' save_lora_weights writes
+
 
 def add_lora(denoiser: nn.Module, spec: FinetuneSpec) -> None:
     from peft import LoraConfig

@@ -2,6 +2,8 @@
 
 One file describes one shipped base model; ``visalign pretrain --config configs/pretrain/flow.yaml`` reproduces
 it. Only the section of the chosen ``family`` (``flow`` or ``diffusion``) is used; the other keeps its defaults.
+Sizes, steps and rates are bounded here (and floats are finite, ``StrictModel``) so that a mistyped value fails
+when the config loads, not after an hour of training.
 """
 
 from __future__ import annotations
@@ -17,21 +19,21 @@ from visalign.pretrain.build import DiffusionSpec, FlowSpec, TextSpec, VAESpec
 class VAEConfig(StrictModel):
     """Stage 1: an ``AutoencoderKL`` trained on rendered train-split scenes (L1 + MSE + small KL)."""
 
-    block_out_channels: list[int] = [16, 32, 32]
-    layers_per_block: int = 1
-    latent_channels: int = 4
-    norm_num_groups: int = 8
+    block_out_channels: list[int] = Field(default=[16, 32, 32], min_length=1)
+    layers_per_block: int = Field(default=1, ge=1)
+    latent_channels: int = Field(default=4, ge=1)
+    norm_num_groups: int = Field(default=8, ge=1)
     mid_block_add_attention: bool = False
-    steps: int = 1500
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup: int = 50
-    kl_weight: float = 1e-6
+    steps: int = Field(default=1500, ge=0)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    warmup: int = Field(default=50, ge=0)
+    kl_weight: float = Field(default=1e-6, ge=0)
     # The decoder is trained on z + latent_noise * std(z) * N(0, 1) (std over the batch, all channels), so that
     # what the latent says about a shape stands above a noise floor the denoiser can reach. With 0 (and a tiny
     # KL weight) shape detail hides in latent differences of ~0.02 std that any denoiser error wipes out.
     latent_noise: float = Field(default=0.0, ge=0)
-    stats_images: int = 1024  # images encoded to set scaling_factor / shift_factor
+    stats_images: int = Field(default=1024, ge=1)  # images encoded to set scaling_factor / shift_factor
     init_from: str | None = None  # a pipeline folder or shipped alias whose vae/ is reused (stage skipped)
     # true: stage 1 draws its scenes with the denoiser's mixture (train.tag_weights / train.text_lengths);
     # false: from every tag and number length at even odds. Either way the scaling factors are measured on
@@ -45,12 +47,12 @@ class VAEConfig(StrictModel):
 class TextConfig(StrictModel):
     """The CLIP text tower(s) over the word-level tokenizer."""
 
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    intermediate_size: int = 128
-    projection_dim: int = 64
-    max_length: int = 16
+    hidden_size: int = Field(default=64, ge=1)
+    num_layers: int = Field(default=2, ge=1)
+    num_heads: int = Field(default=2, ge=1)
+    intermediate_size: int = Field(default=128, ge=1)
+    projection_dim: int = Field(default=64, ge=1)
+    max_length: int = Field(default=16, ge=1)
     train: bool = True  # trained jointly with the denoiser; false keeps the random init frozen
     # a pipeline folder or shipped alias whose text_encoder's CLIP transformer initialises every text tower here
     # (same sizes and vocabulary; a flow tower's text_projection stays random)
@@ -60,11 +62,11 @@ class TextConfig(StrictModel):
 class FlowModelConfig(StrictModel):
     """The ``SD3Transformer2DModel`` (inner width = num_heads * head_dim) and its flow-matching schedule."""
 
-    patch_size: int = 2
-    num_layers: int = 4
-    num_heads: int = 3
-    head_dim: int = 32
-    shift: float = 1.0
+    patch_size: int = Field(default=2, ge=1)
+    num_layers: int = Field(default=4, ge=1)
+    num_heads: int = Field(default=3, ge=1)
+    head_dim: int = Field(default=32, ge=1)
+    shift: float = Field(default=1.0, gt=0)
     init: Literal["default", "dit", "mimetic"] = "default"  # dit: zero adaLN / output; mimetic: pretrain/locality.py
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
     # SD3's logit-normal(m, s): sigma = sigmoid(m + s * n); m > 0 spends more updates at high noise
@@ -107,10 +109,10 @@ class FlowModelConfig(StrictModel):
 class DiffusionModelConfig(StrictModel):
     """The ``UNet2DConditionModel`` and its DDPM noise schedule."""
 
-    block_out_channels: list[int] = [32, 64, 64]
-    layers_per_block: int = 1
-    attention_head_dim: int = 8
-    norm_num_groups: int = 8
+    block_out_channels: list[int] = Field(default=[32, 64, 64], min_length=1)
+    layers_per_block: int = Field(default=1, ge=1)
+    attention_head_dim: int = Field(default=8, ge=1)
+    norm_num_groups: int = Field(default=8, ge=1)
     cross_attention_levels: list[bool] = [True, True, False]
     # Per level: attend to the prompt only, without self-attention over the image (diffusers'
     # ``only_cross_attention``); cheap enough for the 16x16 level, where self-attention is not.
@@ -118,10 +120,10 @@ class DiffusionModelConfig(StrictModel):
     # "text": an attention-pooled prompt embedding is added to the timestep embedding, so every ResNet block
     # sees the whole prompt (diffusers' ``addition_embed_type``, as in UnCLIP / Kandinsky's text path).
     addition_embed_type: Literal["text"] | None = None
-    addition_embed_type_num_heads: int = 4
+    addition_embed_type_num_heads: int = Field(default=4, ge=1)
     beta_schedule: str = "scaled_linear"
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
+    beta_start: float = Field(default=0.00085, gt=0, lt=1)
+    beta_end: float = Field(default=0.012, gt=0, lt=1)
     # epsilon: SD1.5's target. v_prediction + rescale_betas_zero_snr (Lin et al. 2023): the training schedule
     # ends at pure noise, where sampling starts; with SD1.5's schedule the last step still holds 6.8% signal.
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"  # sample: the UNet predicts x0
@@ -131,15 +133,18 @@ class DiffusionModelConfig(StrictModel):
 class TrainConfig(StrictModel):
     """Stage 2: the denoiser (and the text encoders when ``text.train``)."""
 
-    steps: int = 6000
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup: int = 200
-    decay_steps: int = 0  # linear decay of the learning rate to 0 over the last N steps (warmup-stable-decay)
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999  # 0 disables the EMA; samples, evals and exports use the EMA weights
-    prompt_dropout: float = 0.1  # the empty prompt, so that classifier-free guidance is available
+    steps: int = Field(default=6000, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    warmup: int = Field(default=200, ge=0)
+    # linear decay of the learning rate to 0 over the last N steps (warmup-stable-decay)
+    decay_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float = Field(default=1.0, ge=0)
+    # 0 disables the EMA; samples, evals and exports use the EMA weights
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    # the empty prompt, so that classifier-free guidance is available
+    prompt_dropout: float = Field(default=0.1, ge=0, le=1)
     tag_balanced: bool = True  # draw a tag uniformly, then a train prompt of that tag
     tags: list[str] | None = None  # train on these tags only (None: all)
     # Relative odds of each tag when tag-balanced (a tag left out weighs 1): digits need thousands of text
@@ -188,21 +193,21 @@ class TrainConfig(StrictModel):
 class SampleConfig(StrictModel):
     """The sampler the model card names (also used for the periodic grids and evaluations)."""
 
-    steps: int = 10
-    guidance: float = 1.0
-    batch_size: int = 64
+    steps: int = Field(default=10, ge=1)
+    guidance: float = Field(default=1.0, ge=0)
+    batch_size: int = Field(default=64, ge=1)
 
 
 class LogConfig(StrictModel):
-    every: int = 50  # metrics line in run_dir/metrics.jsonl
-    checkpoint_every: int = 250  # resumable checkpoint (atomic)
-    sample_every: int = 1000  # sample grid under run_dir/samples/
-    eval_every: int = (
-        1000  # test-split score in run_dir/eval.jsonl, and a pipeline folder under run_dir/exports/
-    )
-    eval_images_per_prompt: int = 2
-    grid_prompts: int = 16
-    final_images_per_prompt: int = 4  # the model card's evaluation (test split, seed 0); 0 skips the card
+    every: int = Field(default=50, ge=1)  # metrics line in run_dir/metrics.jsonl
+    checkpoint_every: int = Field(default=250, ge=1)  # resumable checkpoint (atomic)
+    sample_every: int = Field(default=1000, ge=0)  # sample grid under run_dir/samples/ (0: none)
+    # test-split score in run_dir/eval.jsonl, and a pipeline folder under run_dir/exports/ (0: none)
+    eval_every: int = Field(default=1000, ge=0)
+    eval_images_per_prompt: int = Field(default=2, ge=1)
+    grid_prompts: int = Field(default=16, ge=1)
+    # the model card's evaluation (test split, seed 0); 0 skips the card
+    final_images_per_prompt: int = Field(default=4, ge=0)
 
 
 class ExportConfig(StrictModel):
@@ -214,8 +219,8 @@ class PretrainConfig(StrictModel):
     family: Literal["flow", "diffusion"] = "flow"
     seed: int = 0
     run_dir: str = "runs/pretrain"
-    image_size: int = 64
-    threads: int = 2
+    image_size: int = Field(default=64, ge=1)
+    threads: int = Field(default=2, ge=1)
     # Processes that render (and encode) the next batches on another core while this one trains (prefetch.py);
     # 0 does it in the training process. The weights come out the same either way.
     data_workers: int = Field(default=1, ge=0)
@@ -227,6 +232,21 @@ class PretrainConfig(StrictModel):
     sample: SampleConfig = SampleConfig()
     log: LogConfig = LogConfig()
     export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _image_size_fits(self) -> PretrainConfig:
+        # the autoencoder halves the side once per block after the first, the transformer cuts the latent into
+        # patches: any other size fails inside the first forward pass (the message starts with the key at fault)
+        if self.vae.init_from is not None:  # the reused autoencoder's own config decides its factor
+            return self
+        factor = 2 ** (len(self.vae.block_out_channels) - 1)
+        what = f"the VAE factor {factor}"
+        if self.family == "flow":
+            factor *= self.flow.patch_size
+            what += f" x flow.patch_size {self.flow.patch_size}"
+        if self.image_size % factor:
+            raise ValueError(f"image_size must be a multiple of {factor} ({what}), got {self.image_size}")
+        return self
 
 
 def vae_spec(cfg: PretrainConfig) -> VAESpec:

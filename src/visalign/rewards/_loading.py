@@ -110,6 +110,15 @@ def load_state_dict(reward: str, path: Path) -> dict[str, torch.Tensor]:
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
+def state_dict_mismatch(err: RuntimeError) -> str:
+    """torch's ``load_state_dict`` error cut to its first problem and a count: torch lists every missing and
+    unexpected key and every size mismatch, hundreds of names for a real checkpoint."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    problems = [line for line in lines[1:] if line] or lines[:1]
+    first = problems[0] if len(problems[0]) <= 200 else problems[0][:196] + " ..."
+    return first + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+
+
 def require_keys(reward: str, path: Path, state: dict[str, torch.Tensor], keys: Iterable[str]) -> None:
     """Raise a ``UserError`` naming the first few keys of ``keys`` that ``state`` lacks."""
     missing = [k for k in keys if k not in state]

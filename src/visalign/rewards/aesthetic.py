@@ -17,7 +17,7 @@ from torch import nn
 
 from visalign.errors import UserError
 from visalign.rewards._clip_common import load_clip
-from visalign.rewards._loading import freeze, load_state_dict, require_keys, resolve_file
+from visalign.rewards._loading import freeze, load_state_dict, require_keys, resolve_file, state_dict_mismatch
 from visalign.rewards.base import Reward, register_reward
 
 HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
@@ -46,7 +46,7 @@ def load_aesthetic_head(reward: str, path: Path) -> AestheticMLP:
     try:
         head.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise UserError(f"reward '{reward}': {path} does not match the aesthetic MLP: {err}") from err
+        raise UserError(f"reward '{reward}': {path} does not match the aesthetic MLP: {state_dict_mismatch(err)}") from None
     return freeze(head.float())
 
 

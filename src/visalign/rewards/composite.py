@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from visalign.errors import UserError
-from visalign.rewards.base import Reward, RewardError, build_reward, register_reward
+from visalign.rewards.base import Reward, RewardError, build_reward, register_reward, reward_option_problems
 
 
 def group_normalise(values: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -117,6 +117,24 @@ class CompositeReward(Reward):
             self.parts = [(k, r, float(weights.get(k, w))) for k, r, w in self.parts]
         self.differentiable = all(r.differentiable for _k, r, _w in self.parts)  # type: ignore[misc]
         self.groupwise = any(r.groupwise for _k, r, _w in self.parts)  # type: ignore[misc]
+        needed = [k for _k, r, _w in self.parts for k in getattr(r, "needs_metadata", ())]
+        self.needs_metadata = tuple(dict.fromkeys(needed))  # what any component reads
+
+    @classmethod
+    def option_problems(cls, options: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        """The problems of each component's own name and ``kwargs``, keyed ``components.I[.kwargs.KEY]``, so a
+        recipe's typo inside a composite is found when the recipe loads."""
+        components = options.get("components", ())
+        if isinstance(components, (str, Mapping)) or not isinstance(components, Sequence):
+            return
+        for i, item in enumerate(components):
+            try:
+                _key, name, kwargs, _weight = _spec(item)
+            except (UserError, TypeError, ValueError):
+                yield f"components.{i}", f"reward 'composite': component {item!r} must be a name or {{name, weight, kwargs}}"
+                continue
+            for key, text in reward_option_problems(name, kwargs):
+                yield (f"components.{i}.kwargs.{key}" if key else f"components.{i}.name"), f"reward 'composite': {text}"
 
     @property
     def weights(self) -> dict[str, float]:

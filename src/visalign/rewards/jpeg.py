@@ -8,7 +8,7 @@ Not differentiable.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -42,7 +42,17 @@ class JpegCompressibility(Reward):
     sign = -1.0
 
     def __init__(self, quality: int = QUALITY) -> None:
+        problem = next(self.option_problems({"quality": quality}), None)
+        if problem is not None:
+            raise ValueError(problem[1])
         self.quality = int(quality)
+
+    @classmethod
+    def option_problems(cls, options: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        """PIL's JPEG quality scale is 0-100: found when a recipe loads (``rewards.base.reward_option_problems``)."""
+        quality = options.get("quality", QUALITY)
+        if isinstance(quality, int) and not 0 <= quality <= 100:
+            yield "quality", f"reward '{cls.name}': quality must be from 0 to 100, got {quality}"
 
     def score(
         self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]

@@ -11,7 +11,7 @@ own module, ``rewards/shapes_rm.py``, under ``shapes_rm``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,12 +44,17 @@ def per_tag_means(scores: torch.Tensor, metadata: Sequence[dict[str, Any]]) -> d
     return out
 
 
+# The verifier judges an image against the prompt's GenEval-style metadata (every tag, "text" included, has one)
+NEEDS_METADATA = ("tag",)
+
+
 class _ShapesVerifierReward(Reward):
     """The verifier's two scores: the one named like the reward comes first, the other is logged beside it."""
 
     differentiable = False
     groupwise = False
     output_range = (0.0, 1.0)
+    needs_metadata = NEEDS_METADATA
 
     def score(
         self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
@@ -90,11 +95,20 @@ class ShapesPairwise(Reward):
     differentiable = False
     groupwise = True
     output_range = (0.0, 1.0)
+    needs_metadata = NEEDS_METADATA
 
     def __init__(self, tie_margin: float = 0.0) -> None:
-        if tie_margin < 0:
-            raise RewardError("reward 'shapes_pairwise': tie_margin must be >= 0")
+        problem = next(self.option_problems({"tie_margin": tie_margin}), None)
+        if problem is not None:
+            raise RewardError(problem[1])
         self.tie_margin = float(tie_margin)
+
+    @classmethod
+    def option_problems(cls, options: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        """Values the constructor refuses, found when a recipe loads (``rewards.base.reward_option_problems``)."""
+        margin = options.get("tie_margin", 0.0)
+        if isinstance(margin, (int, float)) and margin < 0:
+            yield "tie_margin", f"reward 'shapes_pairwise': tie_margin must be >= 0, got {margin}"
 
     def score(
         self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
