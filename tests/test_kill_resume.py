@@ -85,7 +85,8 @@ def test_kill_9_anywhere_then_resume_equals_the_uninterrupted_run(tmp_path):
         killed += child.returncode == -signal.SIGKILL
         # whatever the kill cut, every checkpoint under a final name reads back intact
         progress.append(_all_checkpoints_intact(tmp_path / "run", fingerprint))
-    assert killed >= 3 and progress[-1][-1] < 6, progress  # the cuts happened, and before the run's end
+    # the three cuts inside checkpoint writes happened, before the run's end (the timer's moment depends on the load)
+    assert killed >= 3 and progress[2][-1] < 6, progress
 
     resumed = _trainer(tmp_path, [*COMMON, "resume=auto"])
     resumed.generator.decode = linear_decode
