@@ -11,9 +11,12 @@ import base64
 import http.client
 import io
 import json
+import os
 import select
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -521,3 +524,11 @@ def test_serve_reward_flags_reach_the_server() -> None:
     for flag in ("--max-connections", "--max-image-pixels", "--read-timeout-s"):
         with pytest.raises(UserError, match=f"{flag} must be > 0, got 0"):
             serve_reward.server_options(serve_reward._reparse(parser.parse_args(["mean", flag, "0"])))
+
+
+@pytest.mark.parametrize("flag, value", [("--port", "70000"), ("--max-wait-ms", "nan")])
+def test_serve_reward_refuses_bad_flags_in_one_line(flag, value) -> None:
+    run = subprocess.run([sys.executable, "-m", "visalign.cli", "serve-reward", "jpeg", flag, value],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert f"error: bad arguments for serve-reward: {flag} {value}" in run.stderr

@@ -16,6 +16,7 @@ import json
 import os
 from typing import Any
 
+from visalign.commands._args import nonnegative_float, port
 from visalign.errors import UserError
 
 NAME = "serve-reward"
@@ -47,10 +48,10 @@ def is_loopback(host: str) -> bool:
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1, loopback only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=port, default=8000)
     parser.add_argument("--token", default=None, help="bearer token required on /score (default $VISALIGN_REWARD_TOKEN)")
     parser.add_argument("--max-batch", type=int, default=16, help="coalesce concurrent requests up to this many images")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long to wait for more requests to batch")
+    parser.add_argument("--max-wait-ms", type=nonnegative_float, default=5.0, help="how long to wait for more requests to batch")
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
     parser.add_argument("--max-images", type=int, default=256, help="most images in one request")
     # The pixel defaults live in visalign.rewards.wire (None here: importing it would import torch for --help).
