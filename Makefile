@@ -26,7 +26,7 @@ test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

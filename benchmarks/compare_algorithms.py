@@ -26,10 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from visalign.errors import exit_on_user_error
+from visalign.eval.paired import paired_gain  # the strict gain, image by image, first to last evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,22 +105,6 @@ def _curve(run_dir: Path, per_iter: int) -> list[dict[str, Any]]:
                        "rm": (res.get("rewards") or {}).get(RM), "per_tag": res.get("per_tag"),
                        "eval_images": len(res.get("images") or [])})
     return points
-
-
-def paired_gain(first: Path, last: Path) -> dict[str, float]:
-    """Strict-score gain between two evaluations of one run, paired image by image: every evaluation samples the
-    same held-out prompts from the same seeds with the deterministic sampler, so image i of both differs only by
-    the weights, and the per-image difference of correctness has far less spread than either score."""
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:  # also when this file is loaded as a module from elsewhere (the tests)
-        sys.path.insert(0, here)
-    from paired_reward import paired
-
-    a, b = (json.loads(p.read_text())["images"] for p in (first, last))
-    if [x["prompt"] for x in a] != [x["prompt"] for x in b]:
-        raise SystemExit(f"error: {first} and {last} do not hold the same prompts in the same order")
-    return paired({(i, 0): float(x["correct"]) for i, x in enumerate(a)},
-                  {(i, 0): float(x["correct"]) for i, x in enumerate(b)})
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -285,4 +271,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # an unknown recipe key or mismatched evaluations: one line, no traceback

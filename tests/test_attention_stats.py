@@ -1,4 +1,4 @@
-"""benchmarks/attention_stats.py: the per-layer attention statistics against hand-computed cases."""
+"""experiments/attention_stats.py: the per-layer attention statistics against hand-computed cases."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from benchmark_scripts import load_benchmark
+from benchmark_scripts import load_experiment
 from visalign.pretrain.build import FlowSpec, build_flow_pipeline
 
-stats_script = load_benchmark("attention_stats")
+stats_script = load_experiment("attention_stats")
 
 
 def test_uniform_attention_statistics_by_hand():

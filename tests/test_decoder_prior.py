@@ -1,4 +1,4 @@
-"""benchmarks/decoder_prior.py: the corruptions by hand, and a fine-tune that touches the decoder only."""
+"""experiments/decoder_prior.py: the corruptions by hand, and a fine-tune that touches the decoder only."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from benchmark_scripts import load_benchmark
+from benchmark_scripts import load_experiment
 from visalign.pretrain.build import build_flow_pipeline
 
-script = load_benchmark("decoder_prior")
+script = load_experiment("decoder_prior")
 
 
 def test_gauss_adds_level_times_the_batch_std_of_noise():

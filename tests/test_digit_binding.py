@@ -1,4 +1,4 @@
-"""benchmarks/digit_binding.py: its statistics by hand, and its reader on rendered numbers."""
+"""experiments/digit_binding.py: its statistics by hand, and its reader on rendered numbers."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 
-from benchmark_scripts import load_benchmark
+from benchmark_scripts import load_experiment
 from visalign.worlds.shapes.render import render_scene
 
-script = load_benchmark("digit_binding")
+script = load_experiment("digit_binding")
 
 
 def test_digit_accuracy_counts_positions_of_readings_with_the_right_length_only():

@@ -1,4 +1,4 @@
-"""benchmarks/self_training.py runs both data sources and both loss spaces through the engine's regression."""
+"""experiments/self_training.py runs both data sources and both loss spaces through the engine's regression."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from benchmark_scripts import load_benchmark
+from benchmark_scripts import load_experiment
 from visalign.pretrain.build import FlowSpec, build_flow_pipeline
 
-script = load_benchmark("self_training")
+script = load_experiment("self_training")
 
 
 @pytest.mark.parametrize(("data", "space"), [("renders", "native"), ("own", "velocity")])

@@ -1,4 +1,4 @@
-"""benchmarks/x0_trajectory.py: its sampler loop ends where the stock diffusers pipeline ends."""
+"""experiments/x0_trajectory.py: its sampler loop ends where the stock diffusers pipeline ends."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark_scripts import load_benchmark
+from benchmark_scripts import load_experiment
 from visalign.pretrain.build import build_diffusion_pipeline, build_flow_pipeline
 
-script = load_benchmark("x0_trajectory")
+script = load_experiment("x0_trajectory")
 
 
 @pytest.mark.parametrize("family", ["flow", "diffusion"])
@@ -34,11 +34,11 @@ def test_a_missing_model_folder_is_one_line_and_exit_2(tmp_path):
     import subprocess
     import sys
 
-    from benchmark_scripts import BENCHMARKS
+    from benchmark_scripts import EXPERIMENTS
 
     missing = tmp_path / "no-such-model"
     run = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "x0_trajectory.py"), str(missing), "--out", str(tmp_path / "x.png")],
+        [sys.executable, str(EXPERIMENTS / "x0_trajectory.py"), str(missing), "--out", str(tmp_path / "x.png")],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},

@@ -1,6 +1,6 @@
 """Which noise range a denoiser loses its score in: sample with one model above a switch sigma, another below.
 
-    python benchmarks/hybrid_sampler.py FLOW UNET [--other UNET2] [--switch 0.3,0.6] [--steps 20]
+    python experiments/hybrid_sampler.py FLOW UNET [--other UNET2] [--switch 0.3,0.6] [--steps 20]
 
 FLOW is an SD3-class folder (v or x0 prediction) and UNET an SD1.5-class folder that share one autoencoder
 (``vae.init_from``), so the UNet's estimates map into the flow model's latent space exactly as the distillation

@@ -1,6 +1,6 @@
 """Give a base model's autoencoder a stronger decoder prior, keeping its encoder and denoiser.
 
-    python benchmarks/decoder_prior.py MODEL --out DIR [--mode gauss|blur] [--level 1.0] [--steps 600]
+    python experiments/decoder_prior.py MODEL --out DIR [--mode gauss|blur] [--level 1.0] [--steps 600]
 
 Copies the pipeline folder MODEL (an alias or a folder of either family) to DIR and fine-tunes only the
 decoder (and ``post_quant_conv``) of its ``AutoencoderKL`` to reconstruct ShapesWorld train scenes from

@@ -1,6 +1,6 @@
 """How much of an autoencoder's latent power sits at high spatial frequencies, next to the images' own.
 
-    python benchmarks/latent_spectrum.py VAE [VAE ...] [--scenes 256]
+    python experiments/latent_spectrum.py VAE [VAE ...] [--scenes 256]
 
 Each VAE is a shipped alias, a pipeline folder or a ``vae/`` folder. ShapesWorld train scenes (the same ones
 for every VAE) are encoded to their posterior mode and normalised as the denoiser sees them (shift, then

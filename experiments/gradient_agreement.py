@@ -1,6 +1,6 @@
 """How much signal one iteration's policy gradient holds: the agreement of the gradients of two halves of a rollout.
 
-    python benchmarks/gradient_agreement.py --config recipes/ddpo_shapes.yaml [--iterations 3] [--splits 8] \
+    python experiments/gradient_agreement.py --config recipes/ddpo_shapes.yaml [--iterations 3] [--splits 8] \
         [section.key=value ...]
 
 Rolls out an iteration of the recipe at the base weights (no update is made), computes the advantages as the

@@ -1,6 +1,6 @@
 """Where an SD3-class transformer's image tokens look: attention statistics per layer on noised train scenes.
 
-    python benchmarks/attention_stats.py MODEL [MODEL ...] [--sigmas 0.2 0.5 0.8] [--scenes 32]
+    python experiments/attention_stats.py MODEL [MODEL ...] [--sigmas 0.2 0.5 0.8] [--scenes 32]
 
 MODEL is an alias (``shapes-flow``) or any SD3 pipeline folder (a pretraining run's ``exports/step-N``). The
 script renders ``--scenes`` train-split scenes with their prompts, noises their latents to each sigma on the

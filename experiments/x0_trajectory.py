@@ -1,6 +1,6 @@
 """What a base model believes the clean image is at every step of its deterministic sampler.
 
-    python benchmarks/x0_trajectory.py MODEL [--steps 10] [--seed 0] [--prompt TEXT ...] --out FILE.png
+    python experiments/x0_trajectory.py MODEL [--steps 10] [--seed 0] [--prompt TEXT ...] --out FILE.png
 
 MODEL is an alias (``shapes-flow``, ``shapes-diffusion``) or a pipeline folder of either family. For each prompt
 (one row) the figure shows the decoded x0 estimate at each of the ``--steps`` sampler steps, left to right, then

@@ -1,8 +1,8 @@
 """Does a model draw the digits its prompt names, or only the right number of glyphs?
 
-    python benchmarks/digit_binding.py MODEL [--lengths 1,2,3] [--split train] [--every 7]
+    python experiments/digit_binding.py MODEL [--lengths 1,2,3] [--split train] [--every 7]
         [--images-per-prompt 4] [--guidance G] [--steps S] [--seed 0] [--sheet PATH]
-    python benchmarks/digit_binding.py MODEL --denoiser-loss [--lengths 1,2] [--scenes 64] [--levels 0.3,0.5,0.7,0.9]
+    python experiments/digit_binding.py MODEL --denoiser-loss [--lengths 1,2] [--scenes 64] [--levels 0.3,0.5,0.7,0.9]
 
 The `text` tag is strict: every digit must be read, in order. A model can fail it in two ways: it draws the
 wrong number of glyphs, or the right number of glyphs of the wrong digits. This script samples the split's

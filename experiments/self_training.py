@@ -1,6 +1,6 @@
 """Supervised LoRA fine-tuning of a flow base on rendered scenes or on its own samples: does it hold or collapse?
 
-    python benchmarks/self_training.py [--model shapes-flow] [--data renders|own] [--space native|velocity] \
+    python experiments/self_training.py [--model shapes-flow] [--data renders|own] [--space native|velocity] \
         [--lr 1e-3] [--steps 150] [--batch 32] [--eval-every 50]
 
 The forward-process algorithms (RAFT, RWR, AWM, DiffusionNFT, Diffusion-DPO) regress the network on noised copies
