@@ -33,8 +33,9 @@ from visalign.rewards import Reward, _http, server, wire
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The modules that make up the server and the client, in import order (each may import the ones before it).
-MODULES = ("_images", "_http", "wire", "server")
+# The modules that make up the server and the client, in import order (each may import the ones before it); a
+# revision that predates one of them (the server was one file before server_batching / server_sockets) skips it.
+MODULES = ("_images", "_http", "wire", "server_batching", "server_sockets", "server")
 
 
 class Brightness(Reward):
@@ -53,8 +54,11 @@ def load_revision(rev: str) -> dict[str, types.ModuleType]:
     """The server, client and wire modules of git revision ``rev``, imported under private names."""
     loaded: dict[str, types.ModuleType] = {}
     for name in MODULES:
-        source = subprocess.run(["git", "show", f"{rev}:src/visalign/rewards/{name}.py"], cwd=ROOT, check=True,
-                                capture_output=True, text=True).stdout  # fmt: skip
+        shown = subprocess.run(["git", "show", f"{rev}:src/visalign/rewards/{name}.py"], cwd=ROOT,
+                               capture_output=True, text=True)  # fmt: skip
+        if shown.returncode != 0:
+            continue  # not in that revision
+        source = shown.stdout
         for dep in loaded:  # point its imports of its siblings at the same revision's
             source = source.replace(f"visalign.rewards.{dep} ", f"_baseline_{dep} ")
         module = types.ModuleType(f"_baseline_{name}")

@@ -70,7 +70,8 @@ def position_similarity(transformer) -> dict[str, float]:
 def model_stats(model: str, sigmas: list[float], scenes: int, seed: int = 0) -> dict:
     from visalign.models.loading import load_pipeline
     from visalign.pretrain.data import ShapesData
-    from visalign.pretrain.loop import encode_normalised, encode_text
+    from visalign.pretrain.losses import encode_text
+    from visalign.pretrain.prefetch import encode_normalised
 
     family, pipe = load_pipeline(model)
     if family != "flow":

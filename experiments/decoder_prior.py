@@ -48,7 +48,7 @@ def finetune_decoder(
 
     from visalign.models.loading import resolve_model_path
     from visalign.pretrain.data import ShapesData
-    from visalign.pretrain.loop import reconstruction_loss
+    from visalign.pretrain.vae_stage import reconstruction_loss
 
     src = resolve_model_path(model)
     if out.exists():

@@ -104,7 +104,7 @@ def denoiser_losses(model: str, lengths: set[int], scenes: int, levels: list[flo
 
     from visalign.models.loading import load_pipeline
     from visalign.pretrain.data import ShapesData
-    from visalign.pretrain.loop import encode_text
+    from visalign.pretrain.losses import encode_text
     from visalign.pretrain.prefetch import encode_normalised
 
     family, pipe = load_pipeline(model)

@@ -63,7 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     from visalign.models.loading import load_pipeline
-    from visalign.pretrain.loop import _score, decode_normalised, encode_text
+    from visalign.pretrain.evaluation import shapesbench_scores as _score
+    from visalign.pretrain.losses import decode_normalised, encode_text
     from visalign.pretrain.teacher import DiffusionTeacher
     from visalign.worlds.shapes.prompts import load_split
 

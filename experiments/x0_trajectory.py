@@ -28,7 +28,7 @@ PROMPTS = [
 
 
 def _decode(vae, latents: torch.Tensor) -> np.ndarray:
-    from visalign.pretrain.loop import decode_normalised
+    from visalign.pretrain.losses import decode_normalised
 
     images = decode_normalised(vae, latents).clamp(-1, 1)
     return ((images + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
@@ -38,7 +38,7 @@ def _decode(vae, latents: torch.Tensor) -> np.ndarray:
 def trajectory(model: str, prompts: list[str], steps: int, seed: int) -> list[np.ndarray]:
     """Decoded x0 estimates per step (``steps`` arrays ``[P, H, W, 3]``) followed by the final samples."""
     from visalign.models.loading import load_pipeline
-    from visalign.pretrain.loop import encode_text
+    from visalign.pretrain.losses import encode_text
 
     family, pipe = load_pipeline(model)
     pipe.vae.float()

@@ -46,7 +46,9 @@ def linear_decode(latents: torch.Tensor) -> torch.Tensor:
 
 
 def flow_sde_by_hand(gen, batch, sigma_max: float, a: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flow-SDE mean ``[B, C, H, W]`` and std ``[B]`` of the batch's step from the network's velocity (DESIGN.md 5)."""
+    """Flow-SDE mean ``[B, C, H, W]`` and std ``[B]`` of the batch's step from the network's velocity ``v``:
+    sigma_t = a sqrt(t / (1 - t)) (``sigma_max`` for t in the denominator at t = 1), dt = t_next - t,
+    mean = x + (v + sigma_t^2 / (2 t) (x + (1 - t) v)) dt, std = sigma_t sqrt(-dt)."""
     with torch.no_grad():
         v = gen.predict(batch.x, batch.t_model, batch.cond)
     s, sn = batch.c.view(-1, 1, 1, 1), batch.c_next.view(-1, 1, 1, 1)

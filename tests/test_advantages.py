@@ -64,3 +64,43 @@ def test_gdpo_normalises_each_reward_in_its_group_then_the_batch():
     # plain group mode on the weighted sum differs (the large-scale reward b dominates)
     plain = compute_advantages({"a": a, "b": b}, groups, weights={"a": 1.0, "b": 2.0})
     assert not torch.allclose(plain.values, adv.values)
+
+
+def _batch_zscore(values: list[float], eps: float = 1e-4) -> list[float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return [(v - mean) / (std + eps) for v in values]
+
+
+def test_gdpo_by_hand_with_a_zero_variance_reward_in_a_group():
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    r1 = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
+    r2 = torch.tensor([0.0, 0.0, 1.0, 2.0, 4.0, 0.0])
+    adv = compute_advantages({"r1": r1, "r2": r2}, groups, weights={"r1": 1.0, "r2": 0.5}, mode="gdpo")
+    eps = 1e-4
+    # r1, group 0: mean 2, population std sqrt(2/3); group 1 has zero variance: 0 / (0 + eps) = 0.
+    s1 = math.sqrt(2 / 3) + eps
+    z1 = [-1 / s1, 0.0, 1 / s1, 0.0, 0.0, 0.0]
+    # r2, group 0: mean 1/3, std sqrt(2)/3; group 1: mean 2, std sqrt(8/3).
+    s2a, s2b = math.sqrt(2) / 3 + eps, math.sqrt(8 / 3) + eps
+    z2 = [(-1 / 3) / s2a, (-1 / 3) / s2a, (2 / 3) / s2a, 0.0, 2 / s2b, -2 / s2b]
+    expected = _batch_zscore([a + 0.5 * b for a, b in zip(z1, z2, strict=True)])
+    torch.testing.assert_close(adv.values, torch.tensor(expected), rtol=1e-5, atol=1e-6)
+    # the combined reward r1 + r2 / 2 varies in both groups, so nobody is masked
+    assert adv.mask.all() and adv.zero_var_groups == 0 and adv.num_groups == 2
+
+
+def test_gdpo_keeps_a_large_scale_reward_from_dominating():
+    # In group 0 the rewards disagree: "big" (std 2) prefers sample 1, "small" (std 0.5) sample 0. The plain
+    # weighted sum follows "big"; GDPO weighs both alike, so they cancel (up to eps) and group 0 gets ~0.
+    groups = torch.tensor([0, 0, 1, 1])
+    big, small = torch.tensor([100.0, 104.0, 100.0, 104.0]), torch.tensor([1.0, 0.0, 0.0, 1.0])
+    weights = {"big": 1.0, "small": 1.0}
+    adv = compute_advantages({"big": big, "small": small}, groups, weights=weights, mode="gdpo")
+    c2, c5 = 2 / (2 + 1e-4), 0.5 / (0.5 + 1e-4)  # each reward's z-score is +-1 times std / (std + eps)
+    expected = _batch_zscore([-c2 + c5, c2 - c5, -c2 - c5, c2 + c5])
+    torch.testing.assert_close(adv.values, torch.tensor(expected), rtol=1e-5, atol=1e-6)
+    assert adv.values[:2].abs().max() < 1e-3 and adv.values[3] > 1.4
+    plain = compute_advantages({"big": big, "small": small}, groups, weights=weights)
+    # the sum in group 0 is (101, 104): z-scores (-1, 1) up to eps
+    torch.testing.assert_close(plain.values[:2], torch.tensor([-1.0, 1.0]) * (1.5 / (1.5 + 1e-4)))

@@ -15,7 +15,7 @@ from visalign.algorithms.common import gaussian_mean_kl, kl_estimate, ppo_clip
 from visalign.errors import UserError
 from visalign.models import build_generator
 from visalign.pretrain.build import build_flow_pipeline
-from visalign.rollout import run_rollout
+from visalign.rollout import RolloutPlan, run_rollout
 
 torch.set_num_threads(1)
 PROMPTS = ["a red circle", "two blue squares", "a green triangle above a star"]
@@ -77,7 +77,7 @@ def _rollout(gen, kernel_name="sde", noise=0.7, steps=6, n_prompts=2, group=4, g
     prompts = [p for p in PROMPTS[:n_prompts] for _ in range(group)]
     ids = torch.arange(n_prompts).repeat_interleave(group)
     r = run_rollout(gen, schedule, kernel, prompts, [{} for _ in prompts], ids, list(range(len(prompts))),
-                    guidance_scale=guidance)
+                    RolloutPlan(guidance_scale=guidance))
     return r
 
 
@@ -175,17 +175,17 @@ def test_rollout_stores_only_trained_steps_and_can_share_group_noise():
     kernel = gen.make_kernel("sde", 0.7, schedule)
     prompts = [p for p in PROMPTS[:2] for _ in range(3)]
     ids = torch.tensor([0, 0, 0, 1, 1, 1])
-    r = run_rollout(gen, schedule, kernel, prompts, [{}] * 6, ids, [5, 6, 7, 8, 9, 10], num_train_steps=2,
-                    train_window=(0, 4), share_initial_noise=True)
+    r = run_rollout(gen, schedule, kernel, prompts, [{}] * 6, ids, [5, 6, 7, 8, 9, 10],
+                    RolloutPlan(num_train_steps=2, train_window=(0, 4), share_initial_noise=True))
     assert r.x.shape[:2] == (6, 2) and r.log_prob.shape == (6, 2)
     assert ((r.step_index >= 0) & (r.step_index < 4)).all()
     # the same seed gives the same choice and the same sample, whatever the batch around it
-    alone = run_rollout(gen, schedule, kernel, prompts[3:4], [{}], ids[3:4], [8], num_train_steps=2,
-                        train_window=(0, 4))
+    alone = run_rollout(gen, schedule, kernel, prompts[3:4], [{}], ids[3:4], [8],
+                        RolloutPlan(num_train_steps=2, train_window=(0, 4)))
     assert torch.equal(alone.step_index[0], r.step_index[3])
     torch.testing.assert_close(alone.final_latents[0], r.final_latents[3], rtol=1e-5, atol=1e-5)
     # shared initial noise: group members start from their first member's noise, then diverge (SDE)
-    full = run_rollout(gen, schedule, kernel, prompts, [{}] * 6, ids, [5, 6, 7, 8, 9, 10], train_window=(0, 1),
-                       share_initial_noise=True)
+    full = run_rollout(gen, schedule, kernel, prompts, [{}] * 6, ids, [5, 6, 7, 8, 9, 10],
+                       RolloutPlan(train_window=(0, 1), share_initial_noise=True))
     assert torch.equal(full.x[0, 0], full.x[2, 0]) and not torch.equal(full.x[0, 0], full.x[3, 0])
     assert not torch.equal(full.final_latents[0], full.final_latents[2])

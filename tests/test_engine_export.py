@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from visalign.checkpoint import restore_generator
 from visalign.cli import main
+from visalign.export import restore_generator
 from visalign.models.loading import load_pipeline
 from visalign.pretrain.build import DiffusionSpec, FlowSpec, build_diffusion_pipeline, build_flow_pipeline
 from visalign.rewards.base import Reward
-from visalign.rollout import sample_deterministic
+from visalign.sampling.samplers import sample_deterministic
 from visalign.trainer import Trainer
 
 torch.set_num_threads(1)

@@ -17,11 +17,14 @@ from torch import nn
 from engine_fixtures import Brightness, linear_decode
 from visalign.algorithms import build_algorithm
 from visalign.algorithms._forward_process import forward_noise, forward_seed
+from visalign.algorithms.base import RunContext
 from visalign.algorithms.diffusion_nft import nft_loss
 from visalign.algorithms.raft import top_k_per_group
 from visalign.algorithms.rwr import rwr_weights
 from visalign.config import load_train_config
 from visalign.models.base import Cond, Schedule
+from visalign.models.diffusion import DiffusionGenerator
+from visalign.models.flow import FlowGenerator
 from visalign.pretrain.build import build_diffusion_pipeline, build_flow_pipeline
 from visalign.rollout import SampleBatch
 from visalign.trainer import Trainer
@@ -64,6 +67,21 @@ class StubGenerator:
 
     def named_trainable(self):
         return [("w", self.w)]
+
+    # the forward process is the real adapter's (the stub only replaces the network and the scheduler)
+    predicts_sample = False
+
+    def _family_math(self, name):
+        return getattr(FlowGenerator if self.family == "flow" else DiffusionGenerator, name)
+
+    def noise_level_at(self, tau):
+        return self._family_math("noise_level_at")(self, tau)
+
+    def add_noise(self, x0, noise, c):
+        return self._family_math("add_noise")(self, x0, noise, c)
+
+    def regression_target(self, x0, noise, c):
+        return self._family_math("regression_target")(self, x0, noise, c)
 
     def trainable_parameters(self):
         return [self.w]
@@ -316,7 +334,7 @@ def test_rwr_loss_is_the_reward_weighted_regression(family):
     batch = _batch(3, rewards=rewards)
     algo = build_algorithm("rwr", {"temperature": 2.0})
     ra, rb = SimpleNamespace(name="a"), SimpleNamespace(name="b")
-    algo.bind(rewards=[(ra, 1.0), (rb, 0.5)])
+    algo.bind(RunContext(rewards=[(ra, 1.0), (rb, 0.5)]))
     loss, metrics = algo.loss(batch, gen)
     _x, target, _l, _t = _draws(batch.seeds, batch.final_latents, family, gen.pipeline.scheduler.alphas_cumprod)
     per = ((0.2 - target) ** 2).mean(dim=(1, 2, 3))
@@ -367,7 +385,7 @@ def test_recipe_validates_and_builds(name):
     algo = build_algorithm(cfg.algorithm.name, cfg.algorithm.options)
     assert algo.needs == frozenset({"final"})
     family = "flow" if cfg.model.name == "shapes-flow" else "diffusion"
-    assert family in algo.families
+    assert algo.supports_family(family)
 
 
 # ---- the training loop --------------------------------------------------------------------------------------

@@ -15,12 +15,13 @@ from torch.distributions import Normal
 
 from engine_fixtures import Brightness, flow_sde_by_hand, linear_decode, perturb, tiny_generator
 from visalign.algorithms import build_algorithm
+from visalign.algorithms.base import RunContext
 from visalign.config import load_train_config
 from visalign.errors import UserError
 from visalign.pretrain.build import build_flow_pipeline
 from visalign.rewards.base import Reward, RewardError
 from visalign.rewards.vlm_judge import win_rates
-from visalign.rollout import run_rollout
+from visalign.rollout import RolloutPlan, run_rollout
 from visalign.sampling import build_kernel
 from visalign.trainer import Trainer
 
@@ -36,18 +37,21 @@ def _bound(name, options, gen, kernel_name="sde", noise=0.7, steps=6, seed=0):
     algo = build_algorithm(name, options)
     schedule = gen.schedule(steps)
     kernel = build_kernel(kernel_name, noise_level=noise, sigma_max=float(schedule.c[1]))
-    algo.bind(rewards=[], schedule=schedule, kernel=kernel, deterministic_kernel=build_kernel("ode"), seed=seed)
+    algo.bind(RunContext(schedule=schedule, kernel=kernel, deterministic_kernel=build_kernel("ode"), seed=seed))
     return algo, schedule, kernel
 
 
 def _rollout(gen, algo, schedule, kernel, iteration=1, n_prompts=2, group=4, num_train_steps=0):
     prompts = [p for p in PROMPTS[:n_prompts] for _ in range(group)]
     ids = torch.arange(n_prompts).repeat_interleave(group)
-    options = {"deterministic_kernel": algo.context["deterministic_kernel"],
-               "store_mean": "means" in getattr(algo, "extra_needs", ()), "num_train_steps": num_train_steps}
-    options.update(algo.rollout_overrides(iteration))
+    base = RolloutPlan(deterministic_kernel=algo.context.deterministic_kernel, num_train_steps=num_train_steps)
     return run_rollout(gen, schedule, kernel, prompts, [{} for _ in prompts], ids, list(range(len(prompts))),
-                       **options)
+                       algo.rollout_plan(iteration, base))
+
+
+def _plan(algo, iteration):
+    """The algorithm's rollout settings for an iteration, over a plain rollout's."""
+    return algo.rollout_plan(iteration, RolloutPlan())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -136,38 +140,38 @@ def test_dpm2m_first_step_is_euler_and_restarts_on_a_new_trajectory():
 def test_fast_branch_is_seeded_by_run_and_iteration_and_stays_in_range():
     gen = tiny_generator()
     algo, schedule, _ = _bound("flow_grpo_fast", {}, gen, steps=10, seed=7)
-    windows = [algo.rollout_overrides(it)["sde_window"] for it in range(1, 41)]
+    windows = [_plan(algo, it).sde_window for it in range(1, 41)]
     assert all(b - a == 2 and 0 <= a < 5 for a, b in windows)  # branch in the first half, 2 SDE steps
     assert len({a for a, _ in windows}) > 2  # it moves
     again, _, _ = _bound("flow_grpo_fast", {}, gen, steps=10, seed=7)
-    assert [again.rollout_overrides(it)["sde_window"] for it in range(1, 41)] == windows
+    assert [_plan(again, it).sde_window for it in range(1, 41)] == windows
     other, _, _ = _bound("flow_grpo_fast", {}, gen, steps=10, seed=8)
-    assert [other.rollout_overrides(it)["sde_window"] for it in range(1, 41)] != windows
-    o = algo.rollout_overrides(3)
-    assert o["train_window"] == o["sde_window"] and o["share_initial_noise"] is True
+    assert [_plan(other, it).sde_window for it in range(1, 41)] != windows
+    o = _plan(algo, 3)
+    assert o.train_window == o.sde_window and o.share_initial_noise is True
     ranged, _, _ = _bound("flow_grpo", {"sde_schedule": "branch", "sde_steps": 1, "branch_range": [3, 6]}, gen,
                           steps=10)
-    assert {ranged.rollout_overrides(it)["sde_window"][0] for it in range(1, 60)} == {3, 4, 5}
+    assert {_plan(ranged, it).sde_window[0] for it in range(1, 60)} == {3, 4, 5}
 
 
 def test_mixgrpo_window_moves_progressively_then_wraps_or_stops():
     gen = tiny_generator()
     opts = {"sde_steps": 4, "window_every": 3, "window_stride": 1}
     wrap, _, _ = _bound("mixgrpo", opts, gen, steps=10)  # 9 noisy steps: window starts 0..5
-    starts = [wrap.rollout_overrides(it)["sde_window"][0] for it in range(1, 23)]
+    starts = [_plan(wrap, it).sde_window[0] for it in range(1, 23)]
     assert starts == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3 + [4] * 3 + [5] * 3 + [0] * 3 + [1]
-    assert wrap.rollout_overrides(5)["train_window"] == (1, 5)
+    assert _plan(wrap, 5).train_window == (1, 5)
     stop, _, _ = _bound("mixgrpo", {**opts, "window_end": "stop", "window_stride": 2}, gen, steps=10)
-    assert [stop.rollout_overrides(it)["sde_window"][0] for it in (1, 4, 7, 10, 13, 40)] == [0, 2, 4, 5, 5, 5]
-    assert "share_initial_noise" not in wrap.rollout_overrides(1)
-    assert build_algorithm("flow_grpo").rollout_overrides(1) == {}  # plain Flow-GRPO: the config decides
+    assert [_plan(stop, it).sde_window[0] for it in (1, 4, 7, 10, 13, 40)] == [0, 2, 4, 5, 5, 5]
+    assert _plan(wrap, 1).share_initial_noise is False
+    assert _plan(build_algorithm("flow_grpo"), 1) == RolloutPlan()  # plain Flow-GRPO: the config decides
 
 
 def test_fast_rollout_group_shares_the_path_up_to_the_branch_then_branches():
     gen = tiny_generator()
     algo, schedule, kernel = _bound("flow_grpo_fast", {"sde_steps": 2}, gen, steps=6, seed=1)
     r = _rollout(gen, algo, schedule, kernel, iteration=2)
-    a, b = algo.rollout_overrides(2)["sde_window"]
+    a, b = _plan(algo, 2).sde_window
     assert r.num_trained_steps == 2 and bool(((r.step_index >= a) & (r.step_index < b)).all())
     first = r.step_index[:, 0] == a
     assert bool(first.all())
@@ -184,7 +188,7 @@ def test_mixgrpo_flash_samples_the_ode_part_with_dpm2m():
     gen = tiny_generator()
     euler, schedule, kernel = _bound("mixgrpo", {"sde_steps": 2, "window_every": 1}, gen, steps=6)
     flash, _, _ = _bound("mixgrpo", {"sde_steps": 2, "window_every": 1, "ode_solver": "dpm2m"}, gen, steps=6)
-    assert flash.rollout_overrides(1)["deterministic_kernel"].name == "dpm2m"
+    assert _plan(flash, 1).deterministic_kernel.name == "dpm2m"
     ra = _rollout(gen, euler, schedule, kernel, iteration=1)
     rb = _rollout(gen, flash, schedule, kernel, iteration=1)
     # window [0, 2): the SDE steps coincide (same seeds, same start), the ODE steps after them differ
@@ -369,7 +373,7 @@ def test_variant_trains_end_to_end(tmp_path, name, overrides):
     assert max(r["first_step_log_ratio"] for r in rows) < 1e-5
     assert _lora_moved(tr)
     for it, rollout in enumerate(seen, start=1):
-        window = tr.algorithm.rollout_overrides(it).get("sde_window")
+        window = _plan(tr.algorithm, it).sde_window
         if window is not None:  # trained only inside the iteration's SDE window
             assert bool(((rollout.step_index >= window[0]) & (rollout.step_index < window[1])).all())
     if name == "dancegrpo":
@@ -406,7 +410,7 @@ def test_pairwise_groupwise_reward_end_to_end(tmp_path):
 def test_recipe_loads_and_builds(stem):
     cfg = load_train_config(RECIPES / f"{stem}_shapes.yaml", [])
     algo = build_algorithm(cfg.algorithm.name, cfg.algorithm.options)
-    assert cfg.model.name == "shapes-flow" and "flow" in algo.families
+    assert cfg.model.name == "shapes-flow" and algo.supports_family("flow")
     assert algo.kernels is None or cfg.sampling.kernel in algo.kernels
     text = (RECIPES / f"{stem}_shapes.yaml").read_text()
     assert text.startswith("#") and f"visalign train --config recipes/{stem}_shapes.yaml" in text

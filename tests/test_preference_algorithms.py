@@ -18,11 +18,11 @@ from PIL import Image
 from engine_fixtures import Brightness, linear_decode, tiny_generator
 from visalign.algorithms import build_algorithm
 from visalign.algorithms._preference import PairBatch, best_worst_pairs, dpo_loss, kto_loss
+from visalign.algorithms.base import RunContext
 from visalign.config import load_train_config
 from visalign.errors import UserError
 from visalign.models.base import Cond
 from visalign.preference_data import (
-    encode_images,
     load_labelled_images,
     load_preference_pairs,
     make_shapes_pairs,
@@ -166,7 +166,7 @@ def test_online_pairs_use_the_weighted_reward_and_follow_their_winner():
     groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     rollout = _rollout({"a": a, "b": b}, groups)
     algo = build_algorithm("diffusion_dpo", {})
-    algo.bind(rewards=[(_Named("a"), 1.0), (_Named("b"), 2.0)])
+    algo.bind(RunContext(rewards=[(_Named("a"), 1.0), (_Named("b"), 2.0)]))
     algo.on_iteration_start(1)
     # weighted: group 0 = [1, 2, 0.5, 0.2] -> winner 1, loser 3; group 1 = [1.8, 0.5, 0.5, 0.5] -> 4 over 5
     batches = list(algo.micro_batches(rollout, torch.tensor([1, 0, 2, 6])))
@@ -183,7 +183,7 @@ def test_online_pairs_use_the_weighted_reward_and_follow_their_winner():
     (again,) = algo.micro_batches(rollout, torch.tensor([1]))
     assert int(again.seeds[0]) != int(batch.seeds[0])
     # a new iteration re-pairs: with b alone (weights 0, 1), group 0's winner is sample 1 and its loser sample 0
-    algo.bind(rewards=[(_Named("a"), 0.0), (_Named("b"), 1.0)])
+    algo.bind(RunContext(rewards=[(_Named("a"), 0.0), (_Named("b"), 1.0)]))
     algo.on_iteration_start(2)
     (third,) = algo.micro_batches(rollout, torch.arange(8))
     assert third.x0_w[:, 0, 0, 0].tolist() == [1.0, 4.0] and third.x0_l[:, 0, 0, 0].tolist() == [0.0, 5.0]
@@ -316,7 +316,7 @@ def test_shapes_pair_file_and_vae_encoding_round_trip(tmp_path):
     for family in ("flow", "diffusion"):
         gen = tiny_generator(family)
         images = torch.stack([pairs[0].winner.load(64, 64), pairs[0].loser.load(64, 64)])
-        latents = encode_images(gen, images)
+        latents = gen.encode_images(images)
         assert latents.shape == (2, *gen.latent_shape())
         # encode is the VAE posterior mean under decode's scaling: decode(encode) is the VAE's reconstruction
         vae = gen.pipeline.vae
@@ -418,4 +418,4 @@ def test_kto_online_and_offline_on_tiny_models(tmp_path):
 def test_recipes_validate(name, family):
     cfg = load_train_config(RECIPES / f"{name}.yaml", [])
     algo = build_algorithm(cfg.algorithm.name, cfg.algorithm.options)
-    assert family in algo.families and cfg.model.name == f"shapes-{family}"
+    assert algo.supports_family(family) and cfg.model.name == f"shapes-{family}"

@@ -111,15 +111,28 @@ def test_config_rejects_unknown_key(tmp_path):
 
 
 def test_learning_rate_warms_up_holds_then_decays_linearly_to_zero():
-    from visalign.pretrain.loop import _lr_factor
+    from visalign.lr_schedule import lr_factor
 
     # warm-up 4 steps, 20 steps in all, the last 5 decayed: factors by hand
-    factors = [_lr_factor(s, 4, 20, 5) for s in range(20)]
+    factors = [lr_factor(s, 4, 20, "constant", 5) for s in range(20)]
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
     assert factors[4:15] == [1.0] * 11
     assert factors[15:] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
     # without decay the schedule is constant after the warm-up (a run is the prefix of a longer one)
-    assert [_lr_factor(s, 4) for s in range(3, 8)] == [1.0] * 5
+    assert [lr_factor(s, 4) for s in range(3, 8)] == [1.0] * 5
+
+
+def test_the_stages_learning_rates_are_the_formula_the_shipped_models_were_trained_with():
+    """Bit for bit: min(1, (step + 1) / max(1, warmup)), then min(that, (total - step) / decay) with a decay."""
+    from visalign.lr_schedule import lr_factor
+
+    def recorded(step: int, warmup: int, total: int, decay: int) -> float:
+        factor = min(1.0, (step + 1) / max(1, warmup))
+        return min(factor, (total - step) / decay) if decay > 0 else factor
+
+    for warmup, total, decay in [(0, 30, 0), (1, 30, 0), (50, 1200, 0), (200, 10000, 2000), (7, 40, 13), (3, 3, 3)]:
+        for step in range(total):
+            assert lr_factor(step, warmup, total, "constant", decay) == recorded(step, warmup, total, decay)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -127,7 +140,7 @@ def test_diffusion_loss_matches_the_hand_computed_target(tmp_path, prediction_ty
     """eps target, or v = sqrt(ab) eps - sqrt(1 - ab) z (Salimans & Ho), with ab from the zero-terminal-SNR schedule."""
     from visalign.pretrain.build import build_diffusion_pipeline
     from visalign.pretrain.config import model_spec
-    from visalign.pretrain.loop import denoiser_loss
+    from visalign.pretrain.losses import denoiser_loss
 
     zero_snr = prediction_type == "v_prediction"
     overrides = [f"diffusion.prediction_type={prediction_type}", f"diffusion.rescale_betas_zero_snr={zero_snr}"]
@@ -231,7 +244,7 @@ def test_flow_loss_matches_the_hand_computed_target_with_shifted_logit_normal_si
     """sigma = sigmoid(m + s n) (SD3's logit-normal), x_t = (1 - sigma) z + sigma eps, target eps - z."""
     from visalign.pretrain.build import build_flow_pipeline
     from visalign.pretrain.config import model_spec
-    from visalign.pretrain.loop import denoiser_loss
+    from visalign.pretrain.losses import denoiser_loss
 
     overrides = ["family=flow", "flow.logit_mean=1.5", "flow.logit_std=0.5", "flow.qk_norm=rms_norm"]
     cfg = load_config(PretrainConfig, None, [*TINY, *overrides])
@@ -273,7 +286,7 @@ def test_flow_max_sigma_scales_every_training_sigma(tmp_path):
     """flow.max_sigma = 0.5 with uniform sigma: sigma = 0.5 u, and the model is told that sigma."""
     from visalign.pretrain.build import build_flow_pipeline
     from visalign.pretrain.config import model_spec
-    from visalign.pretrain.loop import denoiser_loss
+    from visalign.pretrain.losses import denoiser_loss
 
     overrides = ["family=flow", "flow.timestep_sampling=uniform", "flow.max_sigma=0.5"]
     cfg = load_config(PretrainConfig, None, [*TINY, *overrides])
@@ -297,7 +310,7 @@ def test_flow_pixel_loss_decodes_the_x0_estimate_on_low_noise_rows(tmp_path):
     """loss = MSE(v_hat, eps - z) + w * MSE(decode(x_t - sigma v_hat), image) over the rows with sigma <= max."""
     from visalign.pretrain.build import build_flow_pipeline
     from visalign.pretrain.config import model_spec
-    from visalign.pretrain.loop import denoiser_loss
+    from visalign.pretrain.losses import denoiser_loss
 
     overrides = ["family=flow", "flow.pixel_loss=2.5", "flow.pixel_loss_max_sigma=0.5"]
     cfg = load_config(PretrainConfig, None, [*TINY, *overrides])
@@ -333,7 +346,7 @@ def test_text_towers_start_from_another_pipelines_text_encoder(tmp_path):
         build_diffusion_pipeline,
         build_flow_pipeline,
     )
-    from visalign.pretrain.loop import init_text_towers
+    from visalign.pretrain.denoiser_setup import init_text_towers
 
     source = build_diffusion_pipeline(seed=4)
     source.save_pretrained(tmp_path / "source")
@@ -358,7 +371,7 @@ def test_text_towers_start_from_another_pipelines_text_encoder(tmp_path):
 def test_decoder_input_adds_noise_relative_to_the_latent_std():
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    from visalign.pretrain.loop import decoder_input
+    from visalign.pretrain.vae_stage import decoder_input
 
     moments = torch.cat([torch.randn(8, 4, 16, 16) * 3.0 + 1.0, torch.full((8, 4, 16, 16), -30.0)], dim=1)
     post = DiagonalGaussianDistribution(moments)
@@ -423,7 +436,7 @@ def test_card_scores_the_float16_folder_exactly_as_visalign_sample_draws_it(tmp_
     from PIL import Image
 
     from visalign.cli import main
-    from visalign.pretrain import loop
+    from visalign.pretrain import finalize
 
     carded: list[np.ndarray] = []
 
@@ -432,8 +445,8 @@ def test_card_scores_the_float16_folder_exactly_as_visalign_sample_draws_it(tmp_
         carded.append(evaluation["images"])
         return evaluation
 
-    final_evaluation = loop.final_evaluation
-    monkeypatch.setattr(loop, "final_evaluation", recording)
+    final_evaluation = finalize.final_evaluation
+    monkeypatch.setattr(finalize, "final_evaluation", recording)
     cfg = load_config(
         PretrainConfig, None,
         [*TINY, "family=flow", f"run_dir={tmp_path / 'run'}", "vae.steps=2", "train.steps=3",

@@ -12,7 +12,7 @@ from visalign.pretrain.build import DiffusionSpec, build_diffusion_pipeline, bui
 from visalign.pretrain.checkpoint import load_checkpoint
 from visalign.pretrain.config import PretrainConfig, model_spec
 from visalign.pretrain.data import ShapesData
-from visalign.pretrain.loop import denoiser_loss
+from visalign.pretrain.losses import denoiser_loss
 from visalign.pretrain.reflow import load_or_generate_pairs, teacher_latents
 from visalign.pretrain.teacher import DiffusionTeacher
 

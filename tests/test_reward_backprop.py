@@ -12,15 +12,16 @@ import torch
 
 from engine_fixtures import Brightness, linear_decode
 from visalign.algorithms import build_algorithm
-from visalign.algorithms._reward_backprop import DifferentiableSampler
+from visalign.algorithms.base import RunContext
 from visalign.config import load_train_config
 from visalign.errors import UserError
 from visalign.models import FinetuneSpec, build_generator
 from visalign.models.base import Cond, Schedule
 from visalign.pretrain.build import build_flow_pipeline
 from visalign.rewards.base import Reward
-from visalign.rollout import SampleBatch, run_rollout
+from visalign.rollout import RolloutPlan, SampleBatch, run_rollout
 from visalign.sampling import DDIM, FlowODE
+from visalign.sampling.samplers import DifferentiableSampler
 from visalign.trainer import Trainer
 
 torch.set_num_threads(1)
@@ -53,6 +54,19 @@ class Stub:
 
     def decode(self, latents):
         return latents  # images = latents: the reward is the latents' mean
+
+    # the family's forward process, by hand (flow: x - sigma v; diffusion: DDIM's x0 from eps)
+    def x0_from_output(self, x, out, c):
+        c = c.float().view(-1, 1, 1, 1)
+        if self.family == "flow":
+            return x.float() - c * out.float()
+        return (x.float() - torch.sqrt(1 - c) * out.float()) / torch.sqrt(c)
+
+    def add_noise(self, x0, noise, c):
+        c = c.float().view(-1, *([1] * (x0.dim() - 1)))
+        if self.family == "flow":
+            return (1 - c) * x0.float() + c * noise.float()
+        return torch.sqrt(c) * x0.float() + torch.sqrt(1 - c) * noise.float()
 
 
 SIGMAS = [1.0, 0.75, 0.5, 0.25, 0.0]
@@ -91,8 +105,8 @@ def _x_init(seeds=SEEDS) -> torch.Tensor:
 def _bound(name, options, family, rewards=None):
     stub, schedule, kernel = _stub(family)
     algo = build_algorithm(name, options)
-    algo.bind(rewards=rewards or [(Brightness(), 1.0)], schedule=schedule, kernel=kernel,
-              deterministic_kernel=kernel)
+    algo.bind(RunContext(rewards=rewards or [(Brightness(), 1.0)], schedule=schedule, kernel=kernel,
+                         deterministic_kernel=kernel))
     return algo, stub
 
 
@@ -150,8 +164,8 @@ def test_resampling_reproduces_the_rollout_images():
     kernel = gen.make_kernel("ode", 0.0, schedule)
     prompts = ["a red circle", "two blue squares"]
     seeds = [101, 202]
-    ro = run_rollout(gen, schedule, kernel, prompts, [{}, {}], torch.tensor([0, 1]), seeds, store_steps=False,
-                     deterministic_kernel=kernel)
+    ro = run_rollout(gen, schedule, kernel, prompts, [{}, {}], torch.tensor([0, 1]), seeds,
+                     RolloutPlan(store_steps=False, deterministic_kernel=kernel))
     sampler = DifferentiableSampler(gen, schedule, kernel)
     images = sampler.decode(sampler.truncated(torch.tensor(seeds), ro.cond, 1.0, k=2))
     assert torch.equal(images.detach(), ro.images)

@@ -1,9 +1,8 @@
-"""Multi-reward: GDPO combination (hand-computed), the composite reward, asynchronous scoring."""
+"""Multi-reward: the composite reward, asynchronous scoring (GDPO advantages: ``test_advantages.py``)."""
 
 from __future__ import annotations
 
 import io
-import math
 import threading
 import time
 
@@ -15,7 +14,6 @@ from PIL import Image
 from visalign.errors import UserError
 from visalign.rewards import Reward, RewardError, build_reward
 from visalign.rewards.async_scoring import AsyncRewardScorer
-from visalign.rewards.composite import gdpo_combine
 
 
 class Const(Reward):
@@ -28,37 +26,6 @@ class Const(Reward):
         self.calls += 1
         time.sleep(self.delay)
         return {"const": images.mean(dim=(1, 2, 3)) * 0 + self.value, "const/extra": images.mean(dim=(1, 2, 3))}
-
-
-def test_gdpo_combine_hand_computed() -> None:
-    groups = torch.tensor([0, 0, 0, 1, 1, 1])
-    r1 = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
-    r2 = torch.tensor([0.0, 0.0, 1.0, 2.0, 4.0, 0.0])
-    # r1, group 0: mean 2, population std sqrt(2/3) -> (-sqrt(1.5), 0, sqrt(1.5)); group 1 has zero variance -> 0.
-    # r2, group 0: mean 1/3, std sqrt(2)/3 -> (-1/sqrt(2), -1/sqrt(2), sqrt(2));
-    #     group 1: mean 2, std sqrt(8/3) -> (0, sqrt(1.5), -sqrt(1.5)).
-    a, h = math.sqrt(1.5), 1 / math.sqrt(2)
-    expected = torch.tensor([-a - 0.5 * h, -0.5 * h, a + 0.5 * math.sqrt(2), 0.0, 0.5 * a, -0.5 * a])
-    out = gdpo_combine({"r1": r1, "r2": r2}, {"r1": 1.0, "r2": 0.5}, groups, eps=0.0)
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
-    # weights as a sequence in component order give the same thing; eps only shrinks slightly
-    torch.testing.assert_close(gdpo_combine({"r1": r1, "r2": r2}, [1.0, 0.5], groups, eps=0.0), expected)
-    assert torch.allclose(gdpo_combine({"r1": r1, "r2": r2}, [1.0, 0.5], groups), expected, atol=1e-3)
-
-
-def test_gdpo_differs_from_normalising_the_sum() -> None:
-    # a reward with a huge scale dominates the plain sum but not GDPO (each reward is normalised first)
-    groups = torch.tensor([0, 0])
-    big, small = torch.tensor([100.0, 101.0]), torch.tensor([1.0, 0.0])
-    out = gdpo_combine({"big": big, "small": small}, None, groups, eps=0.0)
-    torch.testing.assert_close(out, torch.tensor([0.0, 0.0]))  # (-1 + 1, 1 - 1)
-
-
-def test_gdpo_rejects_bad_input() -> None:
-    with pytest.raises(ValueError, match="no weight for \\['b'\\]"):
-        gdpo_combine({"a": torch.zeros(2), "b": torch.zeros(2)}, {"a": 1.0}, [0, 0])
-    with pytest.raises(ValueError, match="shape"):
-        gdpo_combine({"a": torch.zeros(3)}, None, [0, 0])
 
 
 def test_composite_weighted_total_and_components() -> None:

@@ -8,7 +8,8 @@ import torch
 from engine_fixtures import perturb, tiny_generator
 from visalign.algorithms import build_algorithm
 from visalign.algorithms._policy_gradient import raw_step_weights
-from visalign.rollout import run_rollout
+from visalign.algorithms.base import RunContext
+from visalign.rollout import RolloutPlan, run_rollout
 from visalign.sampling.ddim import DDIM
 
 PROMPTS = ["a red circle", "two blue squares"]
@@ -54,11 +55,11 @@ def test_ddpo_applies_the_normalised_weights_per_sample():
     weighted = build_algorithm("ddpo", {"step_weighting": "output_normalized", "clip_range": 1e-3})
     plain = build_algorithm("ddpo", {"clip_range": 1e-3})
     for algo in (weighted, plain):
-        algo.bind(rewards=[], schedule=schedule, kernel=kernel, deterministic_kernel=kernel, seed=0)
+        algo.bind(RunContext(schedule=schedule, kernel=kernel, deterministic_kernel=kernel, seed=0))
     prompts = [p for p in PROMPTS for _ in range(3)]
     ids = torch.arange(2).repeat_interleave(3)
     r = run_rollout(gen, schedule, kernel, prompts, [{} for _ in prompts], ids, list(range(len(prompts))),
-                    num_train_steps=2)  # a random pair of steps per sample, so samples sit at different steps
+                    RolloutPlan(num_train_steps=2))  # a random pair of steps per sample, so samples sit at different steps
     perturb(gen, 0.03, seed=11)  # the policy moves after the rollout
     r.advantages = torch.linspace(-2, 2, len(r))
     r.mask = torch.ones(len(r), dtype=torch.bool)

@@ -173,7 +173,7 @@ def test_a_new_algorithm_is_one_class_and_one_registry_line(tmp_path):
     tr.generator.decode = linear_decode
     tr.run()
     rows = _rows(tmp_path / "run")
-    assert tr.algorithm.context["rewards"] and len(rows) == 2 and rows[-1]["updates"] >= 1
+    assert tr.algorithm.context.rewards and len(rows) == 2 and rows[-1]["updates"] >= 1
     assert any(v.abs().sum() > 0 for k, v in tr.generator.trainable_state_dict().items() if "lora_B" in k)
 
 
@@ -206,7 +206,7 @@ def test_lora_initialisation_is_seeded_by_the_run(tmp_path):
 
 
 def test_balance_by_tag_repeats_each_tag_to_the_largest_count():
-    from visalign.trainer import balance_by_tag
+    from visalign.prompts import balance_by_tag
 
     items = [{"prompt": f"a{i}", "tag": "a"} for i in range(5)] + [{"prompt": "b0", "tag": "b"},
                                                                    {"prompt": "b1", "tag": "b"}]

@@ -1,8 +1,11 @@
-"""Advantages from rewards (DESIGN.md 5).
+"""Advantages from rewards: group normalisation (GRPO) or per-reward group normalisation (GDPO).
 
 * ``group`` (GRPO, Shao et al., 2024; Flow-GRPO): A_i = clip((R_i - mean_group R) / (std + eps), -c, c), with the
   group's std (``std="group"``) or the std over the whole gathered batch (``std="global"``, flow_grpo's default).
-* ``gdpo``: each reward is normalised within its group first, then the weighted sum is normalised over the batch.
+* ``gdpo``: each reward is normalised within its group first, then the weighted sum is normalised over the batch:
+  S_i = sum_k w_k (r_k,i - mean_group r_k) / (std_group r_k + eps), A_i = clip((S_i - mean S) / (std S + eps), -c, c).
+
+Every std is the population standard deviation (``unbiased=False``), as in GRPO implementations.
 
 Rewards with several components are first combined by their weights (``group`` mode). Groups whose members all
 received the same (combined) reward carry no signal: they are masked (advantage 0, no gradient) and counted.

@@ -15,9 +15,6 @@ under a final name; only the last ``keep_last`` are kept, and temporary folders 
 removed by the next save. Loading a corrupted or incompatible checkpoint raises ``UserError`` naming the folder and
 what is wrong (``CorruptCheckpoint`` for damage, so that ``resume=auto`` can fall back to an older one). The
 pickled ``state.pt`` of format 1 is refused, not read.
-
-``export_run`` writes a run's trained weights in diffusers' format: the LoRA adapter (``load_lora_weights``) or
-the merged pipeline (``save_pretrained``).
 """
 
 from __future__ import annotations
@@ -28,17 +25,13 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from visalign.errors import UserError
 from visalign.state_io import state_from_bytes, state_to_bytes
-
-if TYPE_CHECKING:
-    from visalign.config import Config
-    from visalign.models.base import Generator
 
 FORMAT_VERSION = 2
 STATE_FILE = "state.safetensors"
@@ -238,58 +231,19 @@ def load_latest_valid(run_dir: str | Path, fingerprint: dict[str, Any]
     return None, None, skipped
 
 
+def find_resume(run_dir: str | Path, resume: str | None, fingerprint: dict[str, Any]
+                ) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """(checkpoint, its state, damaged checkpoints skipped) a run continues from: none without ``resume``; the
+    named one; or (``resume="auto"``) the newest intact one."""
+    if resume is None:
+        return None, None, []
+    if resume != "auto":
+        path = resolve_resume(run_dir, resume)
+        return path, load_checkpoint(path, fingerprint), []
+    return load_latest_valid(run_dir, fingerprint)
+
+
 def _short(value: Any, limit: int = 120) -> str:
     """``repr(value)``, cut to ``limit`` characters (a fingerprint entry can list every trainable parameter)."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def restore_generator(run_dir: str | Path, checkpoint: str | Path | None = None,
-                      use_ema: bool = False) -> tuple[Config, Generator]:
-    """Rebuild a run's generator from ``RUN_DIR/config.yaml`` and load a checkpoint's trained weights."""
-    from visalign.config import load_train_config
-    from visalign.models.loading import load_pipeline, sampler_defaults
-    from visalign.trainer import make_generator, resolve_model, run_fingerprint, train_prompts
-
-    run_dir = Path(run_dir)
-    cfg = load_train_config(run_dir / "config.yaml")
-    name = resolve_model(cfg.model.name)
-    family, pipe = load_pipeline(name, torch_dtype=getattr(torch, cfg.model.dtype))
-    generator = make_generator(cfg, family, pipe, sampler_defaults(name))
-    fingerprint = run_fingerprint(cfg, family, generator, len(train_prompts(cfg)))
-    if checkpoint is not None:
-        path: Path | None = Path(checkpoint)
-        state = load_checkpoint(path, fingerprint)
-    else:
-        path, state, _skipped = load_latest_valid(run_dir, fingerprint)
-    if path is None or state is None:
-        raise UserError(f"{run_dir}: no checkpoint to export (checkpoints/ is empty)")
-    weights = state["model"]
-    if use_ema:
-        if state.get("ema") is None:
-            raise UserError(f"{path}: the run kept no EMA (train.ema.enabled was false)")
-        weights = state["ema"]
-    generator.load_trainable_state_dict(weights)
-    return cfg, generator
-
-
-def export_run(run_dir: str | Path, out: str | Path, merged: bool = False, checkpoint: str | Path | None = None,
-               use_ema: bool = False) -> Path:
-    """Write a run's trained weights in diffusers' format: the LoRA adapter, or the merged pipeline."""
-    from visalign.trainer import resolve_model
-
-    cfg, generator = restore_generator(run_dir, checkpoint, use_ema)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if merged:
-        generator.save_merged(out)
-        from visalign.models.loading import SAMPLER_FILE, resolve_model_path
-
-        card = resolve_model_path(resolve_model(cfg.model.name)) / SAMPLER_FILE
-        if card.is_file():
-            (out / SAMPLER_FILE).write_text(card.read_text())
-    else:
-        if cfg.finetune.mode != "lora":
-            raise UserError(f"{run_dir}: a full fine-tuning run has no LoRA to export; use --merged")
-        generator.save_lora(out)
-    return out

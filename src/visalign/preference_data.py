@@ -12,8 +12,8 @@ An image is a file path (relative to the data file's folder, or absolute), raw b
 ``data:image/...;base64,`` URI). Every error names the file, the line (JSONL, 1-based) or row (parquet, 0-based)
 and the key at fault. The whole file is read into memory (parquet image bytes included): shard very large sets.
 
-``encode_images`` maps images in [0, 1] to the generator's latents through its VAE with the family's
-conventions (the posterior mean: deterministic, so a pair encodes the same way every time).
+The images of a pair are mapped to the generator's latents by its adapter's ``encode_images`` (the VAE
+posterior mean: deterministic, so a pair encodes the same way every time).
 
 ``python -m visalign.preference_data shapes OUT_DIR --pairs 512`` writes a ShapesWorld pair file
 (``OUT_DIR/pairs.jsonl`` + PNGs): the winner is a rendering of the prompt, the loser a rendering of a scene that
@@ -36,6 +36,7 @@ import torch
 
 from visalign.errors import UserError
 from visalign.jsonl import read_jsonl
+from visalign.seeding import numpy_rng
 
 if TYPE_CHECKING:
     from visalign.models.base import Generator
@@ -244,25 +245,6 @@ def pixel_size(generator: Generator) -> tuple[int, int]:
     return h * factor, w * factor
 
 
-@torch.no_grad()
-def encode_images(generator: Generator, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """Latents of ``images`` ([N, 3, H, W] in [0, 1]), the inverse of the adapter's ``decode``: the VAE posterior
-    mean, then (z - shift) * scale for flow models (SD3's convention) and z * scale for diffusion models.
-
-    Uses ``generator.encode_images`` where the adapter has one; otherwise the pipeline's VAE directly."""
-    own = getattr(generator, "encode_images", None)
-    if own is not None:
-        return own(images)
-    vae = generator.pipeline.vae
-    shift = (getattr(vae.config, "shift_factor", None) or 0.0) if generator.family == "flow" else 0.0
-    out = []
-    for s in range(0, len(images), batch_size):
-        x = (images[s : s + batch_size] * 2 - 1).to(device=generator.device, dtype=vae.dtype)
-        z = vae.encode(x).latent_dist.mode()
-        out.append((z.float() - shift) * vae.config.scaling_factor)
-    return torch.cat(out)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # a ShapesWorld pair file
 
@@ -271,7 +253,6 @@ def make_shapes_pairs(out_dir: str | Path, num_pairs: int, split: str = "train",
                       seed: int = 0) -> Path:
     """Write ``num_pairs`` ShapesWorld preference pairs (PNGs + ``pairs.jsonl``) into ``out_dir``; the preferred
     image is randomly image 0 or image 1. Returns the path of ``pairs.jsonl``."""
-    import numpy as np
     from PIL import Image
 
     from visalign.worlds.shapes.mismatch import corrupt
@@ -281,7 +262,7 @@ def make_shapes_pairs(out_dir: str | Path, num_pairs: int, split: str = "train",
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     items = load_split(split)
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     lines = []
     for i in range(num_pairs):
         md = items[int(rng.integers(len(items)))]

@@ -1,16 +1,17 @@
-"""Rollouts: run a generator + step kernel over a schedule and record the typed contract (DESIGN.md 3).
+"""Rollouts: run a generator + step kernel over a schedule and record the typed contract (docs/architecture.md).
 
 For N samples (B prompts x G group members) a ``Rollout`` holds the prompt / group ids and seeds, the final
 latents and decoded images, and — for each *trained* step only — x_t, x_next, the step's coordinates, the
 network time input and the old log-prob (plus the step mean when asked). Steps that are not trained are not
 stored. Each sample draws all its randomness (initial noise, choice of trained steps, step noise) from its
 own ``torch.Generator`` seeded by ``sample_seed(run seed, iteration, rank, index)``, so results do not depend
-on how samples are batched or split across processes.
+on how samples are batched or split across processes. What a rollout stores and how it samples is a
+``RolloutPlan``: the trainer builds one from the config and each algorithm may change it per iteration
+(``Algorithm.rollout_plan``).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,12 +20,41 @@ import torch
 
 from visalign.models.base import Cond, Generator, Schedule
 from visalign.sampling import Kernel
+from visalign.seeding import sample_seed, torch_generators
+
+__all__ = ["Rollout", "RolloutPlan", "SampleBatch", "StepBatch", "choose_trained_steps", "run_rollout", "sample_seed"]
 
 
-def sample_seed(run_seed: int, iteration: int, rank: int, index: int, stream: str = "rollout") -> int:
-    """A 63-bit seed from (run seed, iteration, rank, sample index); stable across runs and platforms."""
-    key = f"{stream}:{run_seed}:{iteration}:{rank}:{index}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
+@dataclass(frozen=True)
+class RolloutPlan:
+    """How a rollout samples and what it stores (every field has the behaviour of a plain rollout by default).
+
+    ``train_window`` = (first, last+1) limits the trained steps; ``sde_window`` the steps sampled with the
+    stochastic kernel (others use ``deterministic_kernel``); ``num_train_steps`` (0: all) picks a subset per
+    sample, at random when ``shuffle_steps``; ``store_steps=False`` stores none (algorithms that train on final
+    samples only); ``store_mean`` also stores each trained step's Gaussian mean; ``share_initial_noise`` gives all
+    members of a group the initial noise of its first member (DanceGRPO). ``batch_size`` (0: all) bounds how many
+    samples go through the network at once, ``decode_batch_size`` through the decoder.
+    """
+
+    guidance_scale: float = 1.0
+    num_train_steps: int = 0
+    shuffle_steps: bool = True
+    train_window: tuple[int, int] | None = None
+    sde_window: tuple[int, int] | None = None
+    deterministic_kernel: Kernel | None = None
+    store_steps: bool = True
+    store_mean: bool = False
+    share_initial_noise: bool = False
+    batch_size: int = 0
+    decode_batch_size: int = 32
+
+    def stochastic_at(self, step: int) -> bool:
+        return self.sde_window is None or self.sde_window[0] <= step < self.sde_window[1]
+
+    def trained_at(self, step: int) -> bool:
+        window = self.train_window
+        return self.stochastic_at(step) and (window is None or window[0] <= step < window[1])
 
 
 @dataclass
@@ -149,6 +179,33 @@ def choose_trained_steps(
     return torch.stack(rows)
 
 
+def _initial_noise(generator: Generator, gens: list[torch.Generator], prompt_ids: torch.Tensor,
+                   shared: bool) -> torch.Tensor:
+    """Each sample's first draw; with ``shared`` every group member takes its group's first member's."""
+    x = generator.init_noise(gens)
+    if shared:
+        first = {int(p): i for i, p in reversed(list(enumerate(prompt_ids.tolist())))}
+        x = x[torch.tensor([first[int(p)] for p in prompt_ids.tolist()], device=x.device)]
+    return x
+
+
+def _step_noise(kernel: Kernel, gens: list[torch.Generator], like: torch.Tensor) -> torch.Tensor | None:
+    """One Gaussian draw per sample from its own generator, when the kernel adds noise."""
+    if not (kernel.stochastic and kernel.noise_level > 0):
+        return None
+    noise = torch.stack([torch.randn(tuple(like.shape[1:]), generator=g) for g in gens])
+    return noise.to(device=like.device, dtype=like.dtype)
+
+
+def _predict(generator: Generator, x: torch.Tensor, t: torch.Tensor, cond: Cond, guidance_scale: float,
+             chunk: int) -> torch.Tensor:
+    """The network's output for all samples, ``chunk`` at a time."""
+    n = x.shape[0]
+    outs = [generator.predict(x[s : s + chunk], t[s : s + chunk], cond.select(range(s, min(s + chunk, n))),
+                              guidance_scale) for s in range(0, n, chunk)]
+    return torch.cat(outs)
+
+
 @torch.no_grad()
 def run_rollout(
     generator: Generator,
@@ -158,79 +215,33 @@ def run_rollout(
     metadata: Sequence[dict[str, Any]],
     prompt_ids: torch.Tensor,
     seeds: Sequence[int],
-    guidance_scale: float = 1.0,
-    num_train_steps: int = 0,
-    shuffle_steps: bool = True,
-    train_window: tuple[int, int] | None = None,
-    deterministic_kernel: Kernel | None = None,
-    sde_window: tuple[int, int] | None = None,
-    store_mean: bool = False,
-    store_steps: bool = True,
-    share_initial_noise: bool = False,
-    batch_size: int = 0,
-    decode_batch_size: int = 32,
+    plan: RolloutPlan | None = None,
 ) -> Rollout:
-    """Sample N = len(prompts) images, each from its own seeded generator, storing only the trained steps.
-
-    ``train_window`` = (first, last+1) limits the trained steps; ``sde_window`` the steps sampled with the
-    stochastic ``kernel`` (others use ``deterministic_kernel``); ``num_train_steps`` (0: all) picks a subset
-    per sample; ``store_steps=False`` stores none (algorithms that train on final samples only);
-    ``share_initial_noise`` gives all members of a group the initial noise of its first member (DanceGRPO).
-    ``batch_size`` (0: all) bounds how many samples go through the network at once.
-    """
-    n = len(prompts)
-    steps = len(schedule)
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    x = generator.init_noise(gens)
+    """Sample N = len(prompts) images, each from its own seeded generator, storing only the trained steps."""
+    plan = plan or RolloutPlan()
+    n, steps = len(prompts), len(schedule)
+    gens = torch_generators(seeds)
+    x = _initial_noise(generator, gens, prompt_ids, plan.share_initial_noise)
     dev = x.device
-    if share_initial_noise:
-        first = {int(p): i for i, p in reversed(list(enumerate(prompt_ids.tolist())))}
-        x = x[torch.tensor([first[int(p)] for p in prompt_ids.tolist()], device=dev)]
-    cond = generator.encode(list(prompts), with_negative=guidance_scale > 1.0)
-
-    def stochastic_at(i: int) -> bool:
-        return sde_window is None or sde_window[0] <= i < sde_window[1]
-
+    cond = generator.encode(list(prompts), with_negative=plan.guidance_scale > 1.0)
     trainable = kernel.trainable(schedule.c, schedule.c_next)
-    for i in range(steps):
-        if not stochastic_at(i) or (train_window is not None and not train_window[0] <= i < train_window[1]):
-            trainable[i] = False
-    if store_steps:
-        chosen = choose_trained_steps(trainable, num_train_steps, gens, shuffle_steps)  # [N, K]
+    trainable &= torch.tensor([plan.trained_at(i) for i in range(steps)])
+    if plan.store_steps:
+        chosen = choose_trained_steps(trainable, plan.num_train_steps, gens, plan.shuffle_steps)  # [N, K]
     else:
         chosen = torch.empty((n, 0), dtype=torch.long)
-    k = chosen.shape[1]
-    latent = tuple(x.shape[1:])
-    store = {
-        "x": torch.empty((n, k, *latent), dtype=x.dtype, device=dev),
-        "x_next": torch.empty((n, k, *latent), dtype=x.dtype, device=dev),
-        "log_prob": torch.zeros((n, k), dtype=torch.float32, device=dev),
-    }
-    if store_mean:
-        store["mean"] = torch.empty((n, k, *latent), dtype=torch.float32, device=dev)
+    store = _StepStore(n, chosen.shape[1], x, plan.store_mean)
     sched_t, sched_c, sched_cn = (v.to(dev) for v in (schedule.t_model, schedule.c, schedule.c_next))
-    chunk = batch_size if batch_size > 0 else n
+    chunk = plan.batch_size if plan.batch_size > 0 else n
     for i in range(steps):
-        use = kernel if stochastic_at(i) else (deterministic_kernel or kernel)
-        noise = None
-        if use.stochastic and use.noise_level > 0:
-            noise = torch.stack([torch.randn(latent, generator=g) for g in gens]).to(device=dev, dtype=x.dtype)
-        c = sched_c[i].expand(n)
-        c_next = sched_cn[i].expand(n)
-        t = sched_t[i].expand(n)
-        outs = [generator.predict(x[s : s + chunk], t[s : s + chunk], cond.select(range(s, min(s + chunk, n))),
-                                  guidance_scale) for s in range(0, n, chunk)]
-        tr = use.step(x, torch.cat(outs), c, c_next, noise)
-        rows, cols = (chosen == i).nonzero(as_tuple=True)
-        rows, cols = rows.to(dev), cols.to(dev)
-        if rows.numel():
-            store["x"][rows, cols] = x[rows]
-            store["x_next"][rows, cols] = tr.x_next[rows]
-            store["log_prob"][rows, cols] = tr.log_prob[rows]
-            if store_mean:
-                store["mean"][rows, cols] = tr.mean[rows].float()
+        use = kernel if plan.stochastic_at(i) else (plan.deterministic_kernel or kernel)
+        noise = _step_noise(use, gens, x)
+        out = _predict(generator, x, sched_t[i].expand(n), cond, plan.guidance_scale, chunk)
+        tr = use.step(x, out, sched_c[i].expand(n), sched_cn[i].expand(n), noise)
+        store.record(chosen == i, x, tr)
         x = tr.x_next
-    images = torch.cat([generator.decode(x[s : s + decode_batch_size]) for s in range(0, n, decode_batch_size)])
+    images = torch.cat([generator.decode(x[s : s + plan.decode_batch_size])
+                        for s in range(0, n, plan.decode_batch_size)])
     idx = chosen.to(dev)
     return Rollout(
         prompts=list(prompts),
@@ -240,41 +251,38 @@ def run_rollout(
         seeds=torch.tensor([int(s) for s in seeds], dtype=torch.int64),
         cond=cond,
         kernel=kernel,
-        guidance_scale=guidance_scale,
+        guidance_scale=plan.guidance_scale,
         final_latents=x,
         images=images,
         step_index=idx,
-        x=store["x"],
-        x_next=store["x_next"],
+        x=store.x,
+        x_next=store.x_next,
         c=sched_c[idx],
         c_next=sched_cn[idx],
         t_model=sched_t[idx],
-        log_prob=store["log_prob"],
-        mean=store.get("mean"),
+        log_prob=store.log_prob,
+        mean=store.mean,
     )
 
 
-@torch.no_grad()
-def sample_deterministic(
-    generator: Generator,
-    schedule: Schedule,
-    kernel: Kernel,
-    prompts: Sequence[str],
-    seeds: Sequence[int],
-    guidance_scale: float = 1.0,
-    batch_size: int = 32,
-) -> torch.Tensor:
-    """Images [N, 3, H, W] from the deterministic sampler (evaluation): no step is stored."""
-    images = []
-    for s in range(0, len(prompts), batch_size):
-        ps = list(prompts[s : s + batch_size])
-        gens = [torch.Generator().manual_seed(int(z)) for z in seeds[s : s + batch_size]]
-        x = generator.init_noise(gens)
-        t_model, c, c_next = (v.to(x.device) for v in (schedule.t_model, schedule.c, schedule.c_next))
-        cond = generator.encode(ps, with_negative=guidance_scale > 1.0)
-        n = len(ps)
-        for i in range(len(schedule)):
-            out = generator.predict(x, t_model[i].expand(n), cond, guidance_scale)
-            x = kernel.step(x, out, c[i].expand(n), c_next[i].expand(n), None).x_next
-        images.append(generator.decode(x))
-    return torch.cat(images)
+class _StepStore:
+    """The trained steps of a rollout, ``[N, K, ...]``: filled step by step as the sampler passes them."""
+
+    def __init__(self, n: int, k: int, like: torch.Tensor, store_mean: bool) -> None:
+        latent, dev = tuple(like.shape[1:]), like.device
+        self.x = torch.empty((n, k, *latent), dtype=like.dtype, device=dev)
+        self.x_next = torch.empty((n, k, *latent), dtype=like.dtype, device=dev)
+        self.log_prob = torch.zeros((n, k), dtype=torch.float32, device=dev)
+        self.mean = torch.empty((n, k, *latent), dtype=torch.float32, device=dev) if store_mean else None
+
+    def record(self, here: torch.Tensor, x: torch.Tensor, tr: Any) -> None:
+        """Store the step for the (sample, slot) pairs where ``here`` ([N, K] bool) is set."""
+        rows, cols = here.nonzero(as_tuple=True)
+        if not rows.numel():
+            return
+        rows, cols = rows.to(x.device), cols.to(x.device)
+        self.x[rows, cols] = x[rows]
+        self.x_next[rows, cols] = tr.x_next[rows]
+        self.log_prob[rows, cols] = tr.log_prob[rows]
+        if self.mean is not None:
+            self.mean[rows, cols] = tr.mean[rows].float()

@@ -9,12 +9,15 @@
   written with; any other difference (seed, group size, learning rate, model, reward...) is refused, by name, so
   that ``config.yaml`` keeps describing every iteration of the run. What a resume changed is appended to
   ``RUN_DIR/resumes.jsonl``.
+* ``discard_unfinished_attempt``: what ``resume=auto`` does when an earlier attempt left metrics but no
+  checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -174,3 +177,16 @@ def record_resume(run_dir: str | Path, iteration: int, checkpoint: Path, changed
            "changed": changed, "skipped_damaged": skipped}
     with open(Path(run_dir) / RESUMES_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def discard_unfinished_attempt(run_dir: str | Path) -> int:
+    """Remove what an attempt that died before its first checkpoint wrote (metrics, summary, resumes, evaluations),
+    so that ``resume=auto`` starts the run afresh; returns how many metrics lines were discarded."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    logged = sum(1 for line in metrics.read_text(errors="replace").splitlines() if line.strip())
+    metrics.unlink()
+    for stale in ("summary.json", RESUMES_FILE):
+        (run_dir / stale).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "evals", ignore_errors=True)
+    return logged

@@ -13,10 +13,10 @@ the step): N processes compute the same update as one process on the same global
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
-import shutil
 import sys
 import time
 from collections import defaultdict
@@ -28,197 +28,26 @@ import torch
 
 from visalign.advantages import compute_advantages
 from visalign.algorithms import build_algorithm
-from visalign.checkpoint import (
-    list_checkpoints,
-    load_checkpoint,
-    load_latest_valid,
-    resolve_resume,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from visalign.algorithms.base import RunContext
+from visalign.checkpoint import find_resume, list_checkpoints, rng_state, save_checkpoint, set_rng_state
 from visalign.config import Config, dump_config
 from visalign.errors import UserError
-from visalign.jsonl import read_jsonl
-from visalign.models import FinetuneSpec, Generator, build_generator
+from visalign.models import Generator
 from visalign.models.ema import EMA
+from visalign.optimization import MetricAverager, build_optimizer, sum_gradients
+from visalign.prompts import PromptStream, load_prompts, train_prompts
+from visalign.report.evaluation import eval_row, evaluate_generator, headline, read_eval
 from visalign.report.metrics import MetricsLogger, truncate_metrics
 from visalign.report.progress import TrainProgress
-from visalign.rewards.base import Reward, check_scores
-from visalign.rollout import Rollout, run_rollout, sample_deterministic, sample_seed
-from visalign.run_directory import RunLock, record_resume, resume_changes
-from visalign.sampling import DETERMINISTIC
+from visalign.rewards.base import Reward, check_metadata
+from visalign.rewards.scoring import reward_metrics, reward_name, score_images
+from visalign.rollout import Rollout, RolloutPlan, run_rollout
+from visalign.run_directory import RunLock, discard_unfinished_attempt, record_resume, resume_changes
+from visalign.run_setup import build_rewards, load_model, make_generator, run_fingerprint
+from visalign.seeding import sample_seed, torch_generator
 
-# ---------------------------------------------------------------------------------------------------------------
-# prompts
-
-
-def load_prompts(source: str) -> list[dict[str, Any]]:
-    """A ShapesWorld split name, a JSONL file of metadata (each with a "prompt"), or a text file of prompts."""
-    from visalign.worlds.shapes.prompts import load_prompt_file, load_split
-
-    if source in ("train", "test"):
-        return load_split(source)
-    path = Path(source)
-    if not path.is_file():
-        raise UserError(f"{path}: prompt file not found")
-    if path.suffix == ".jsonl":
-        rows = []
-        for lineno, row in read_jsonl(path):
-            if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                raise UserError(f"{path}:{lineno}: each line must be an object with a non-empty \"prompt\" string")
-            rows.append(row)
-        if not rows:
-            raise UserError(f"{path}: no prompts in file")
-        if any("include" in r for r in rows):
-            return load_prompt_file(path)  # GenEval-style metadata: validated by the world's checker
-        return rows
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise UserError(f"{path}: no prompts in file")
-    return [{"prompt": p} for p in prompts]
-
-
-def balance_by_tag(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each tag's items repeated in order up to the largest tag's count (items without a tag form one group)."""
-    groups: dict[Any, list[dict[str, Any]]] = {}
-    for item in items:
-        groups.setdefault(item.get("tag"), []).append(item)
-    top = max(len(g) for g in groups.values())
-    return [g[i % len(g)] for g in groups.values() for i in range(top)]
-
-
-def train_prompts(cfg: Config) -> list[dict[str, Any]]:
-    """The run's training prompts: ``data.train``, tag-balanced when ``data.balance_tags``."""
-    items = load_prompts(cfg.data.train)
-    return balance_by_tag(items) if cfg.data.balance_tags else items
-
-
-class PromptStream:
-    """Endless shuffled pass over the prompts; the permutation of epoch e is seeded by (seed, e)."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed = size, seed
-        self.epoch, self.pos = 0, 0
-
-    def _perm(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, 0, 0, stream="prompts"))
-        return torch.randperm(self.size, generator=g)
-
-    def next(self, n: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < n:
-            perm = self._perm()
-            take = min(n - len(out), self.size - self.pos)
-            out += perm[self.pos : self.pos + take].tolist()
-            self.pos += take
-            if self.pos == self.size:
-                self.epoch, self.pos = self.epoch + 1, 0
-        return out
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos, "size": self.size}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if state["size"] != self.size:
-            raise UserError(f"checkpoint was trained on {state['size']} prompts, this run has {self.size}")
-        self.epoch, self.pos = state["epoch"], state["pos"]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# helpers
-
-
-def make_generator(cfg: Config, family: str, pipe: Any, defaults: dict[str, Any], device: Any = "cpu") -> Generator:
-    """The family's adapter around ``pipe``, with the config's fine-tuning set up."""
-    kwargs: dict[str, Any] = {"device": device, "negative_prompt": cfg.model.negative_prompt,
-                              "resolution": cfg.model.resolution}
-    if family == "flow":
-        msl = cfg.model.max_sequence_length
-        kwargs["max_sequence_length"] = msl if msl is not None else defaults.get("max_sequence_length")
-    generator = build_generator(family, pipe, **kwargs)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)  # the LoRA initialisation draws from the global RNG: seed it from the run
-        generator.setup_finetune(FinetuneSpec(mode=cfg.finetune.mode, rank=cfg.finetune.lora_rank,
-                                              alpha=cfg.finetune.lora_alpha,
-                                              target_modules=tuple(cfg.finetune.target_modules)))
-    return generator
-
-
-def resolve_model(name: str) -> str:
-    """A shipped alias or local folder as is; a hub id (``org/name``) through the local hub cache (or a download
-    when the hub is reachable)."""
-    from visalign.models.loading import ALIASES
-
-    if name in ALIASES or Path(name).expanduser().exists():
-        return name
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return snapshot_download(name)
-        except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear message
-            raise UserError(f"model '{name}': not a local folder, and not available from the hub "
-                            f"({type(err).__name__}); download it or pass a local diffusers folder") from None
-    return name
-
-
-def run_fingerprint(cfg: Config, family: str, generator: Generator, num_prompts: int) -> dict[str, Any]:
-    """What a checkpoint must agree on with the run that resumes (or exports) it."""
-    shapes = sorted((n, list(p.shape)) for n, p in generator.named_trainable())
-    return {
-        "model": cfg.model.name,
-        "family": family,
-        "finetune": cfg.finetune.mode,
-        "trainable": json.dumps(shapes),
-        "algorithm": cfg.algorithm.name,
-        "prompts": num_prompts,
-    }
-
-
-def _lr_lambda(cfg: Config, total_steps: int):
-    warm, kind = cfg.train.warmup_iters * _opt_steps_per_iter(cfg), cfg.train.lr_schedule
-
-    def f(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        if kind == "constant":
-            return 1.0
-        frac = min(1.0, (step - warm) / max(1, total_steps - warm))
-        return 0.5 * (1 + math.cos(math.pi * frac)) if kind == "cosine" else 1.0 - frac
-
-    return f
-
-
-def _opt_steps_per_iter(cfg: Config) -> int:
-    n = cfg.data.prompts_per_iter * cfg.data.group_size
-    mb = cfg.train.minibatch_size or n
-    return cfg.train.inner_epochs * max(1, math.ceil(math.ceil(n / mb) / cfg.train.grad_accum))
-
-
-class _Metrics:
-    """Aggregates per-micro-batch metrics: min for '/min' keys, max for '/max' and '_max' keys, else mean."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, list[float]] = defaultdict(list)
-
-    def add(self, metrics: dict[str, float]) -> None:
-        for k, v in metrics.items():
-            self.values[k].append(float(v))
-
-    def result(self) -> dict[str, float]:
-        out = {}
-        for k, vs in self.values.items():
-            if k.endswith("/min"):
-                out[k] = min(vs)
-            elif k.endswith("/max") or k.endswith("_max"):
-                out[k] = max(vs)
-            else:
-                out[k] = sum(vs) / len(vs)
-        return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
+# a full disk, a read-only folder, no permission, a quota: the user's storage, not a bug
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 class Trainer:
@@ -250,39 +79,32 @@ class Trainer:
         self.console = console
 
         # model
-        self.family, pipe, defaults = self._load_model(pipeline)
+        self.family, pipe, defaults = (pipeline[0], pipeline[1], {}) if pipeline is not None else load_model(cfg)
         pipe.to(self.accelerator.device)
         self.generator: Generator = make_generator(cfg, self.family, pipe, defaults, self.accelerator.device)
 
         # algorithm and sampler
         self.algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.options, source="algorithm.options")
-        if self.family not in self.algorithm.families:
-            raise UserError(f"algorithm '{cfg.algorithm.name}' supports {self.algorithm.families} models, "
-                            f"not '{self.family}' ({cfg.model.name})")
-        kernels = self.algorithm.kernels
-        if kernels is not None and cfg.sampling.kernel not in kernels:
-            raise UserError(f"sampling.kernel='{cfg.sampling.kernel}' cannot be used with '{cfg.algorithm.name}' "
-                            f"(use one of {', '.join(kernels)})")
+        self._check_algorithm()
         self.schedule = self.generator.schedule(cfg.sampling.num_steps)
         self.kernel = self.generator.make_kernel(cfg.sampling.kernel, cfg.sampling.noise_level, self.schedule,
                                                  cfg.sampling.noise_pool)
-        det = DETERMINISTIC[self.family]
-        self.det_kernel = self.generator.make_kernel(det, 0.0, self.schedule)
+        self.det_kernel = self.generator.make_kernel(self.generator.deterministic_kernel, 0.0, self.schedule)
         trainable = int(self.kernel.trainable(self.schedule.c, self.schedule.c_next).sum())
         self.num_train_steps = cfg.trained_steps_per_sample(trainable)
         self.num_train_steps_effective = min(self.num_train_steps or trainable, trainable)
+        self.plan = self._rollout_plan()
 
         # rewards
-        self.rewards = list(rewards) if rewards is not None else self._build_rewards()
-        self.algorithm.bind(rewards=self.rewards, schedule=self.schedule, kernel=self.kernel,
-                            deterministic_kernel=self.det_kernel, seed=cfg.seed, rank=self.rank, world=self.world,
-                            samples_per_iter=cfg.data.prompts_per_iter * cfg.data.group_size)
+        self.rewards = list(rewards) if rewards is not None else build_rewards(cfg)
+        self.algorithm.bind(RunContext(rewards=self.rewards, schedule=self.schedule, kernel=self.kernel,
+                                       deterministic_kernel=self.det_kernel, seed=cfg.seed, rank=self.rank,
+                                       world=self.world,
+                                       samples_per_iter=cfg.data.prompts_per_iter * cfg.data.group_size))
 
         # data
         self.train_items = train_prompts(cfg)
         self.test_items = load_prompts(cfg.data.test) if cfg.eval.enabled else []
-        from visalign.rewards.base import check_metadata
-
         # a prompt without the metadata a reward reads: say so now, naming the file, not after the first rollout
         check_metadata(self.rewards, self.train_items, cfg.data.train)
         check_metadata(self.rewards, self.test_items, cfg.data.test)
@@ -292,10 +114,7 @@ class Trainer:
         params = self.generator.trainable_parameters()
         if not params:
             raise UserError("no trainable parameters (check finetune.target_modules)")
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
-                                           eps=cfg.train.adam_eps, weight_decay=cfg.train.weight_decay)
-        total = cfg.train.iterations * _opt_steps_per_iter(cfg)
-        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, total))
+        self.optimizer, self.lr_schedule = build_optimizer(cfg, params)
         self.ema = EMA(list(self.generator.named_trainable()), cfg.train.ema.decay) if cfg.train.ema.enabled else None
 
         self.start_iteration = 0
@@ -305,19 +124,28 @@ class Trainer:
         self._eval_seconds_run = 0.0
 
     # ---- construction helpers ------------------------------------------------------------------------------
-    def _load_model(self, pipeline: tuple[str, Any] | None) -> tuple[str, Any, dict[str, Any]]:
-        if pipeline is not None:
-            return pipeline[0], pipeline[1], {}
-        from visalign.models.loading import load_pipeline, sampler_defaults
+    def _check_algorithm(self) -> None:
+        cfg, families, kernels = self.cfg, self.algorithm.families, self.algorithm.kernels
+        if not self.algorithm.supports_family(self.family):
+            raise UserError(f"algorithm '{cfg.algorithm.name}' supports {families} models, "
+                            f"not '{self.family}' ({cfg.model.name})")
+        if kernels is not None and cfg.sampling.kernel not in kernels:
+            raise UserError(f"sampling.kernel='{cfg.sampling.kernel}' cannot be used with '{cfg.algorithm.name}' "
+                            f"(use one of {', '.join(kernels)})")
 
-        name = resolve_model(self.cfg.model.name)
-        family, pipe = load_pipeline(name, torch_dtype=getattr(torch, self.cfg.model.dtype))
-        return family, pipe, sampler_defaults(name)
-
-    def _build_rewards(self) -> list[tuple[Reward, float]]:
-        from visalign.rewards import build_reward
-
-        return [(build_reward(spec.name, **spec.options), spec.weight) for spec in self.cfg.rewards]
+    def _rollout_plan(self) -> RolloutPlan:
+        """The config's rollout settings (an algorithm may change them per iteration: ``rollout_plan``)."""
+        sampling = self.cfg.sampling
+        return RolloutPlan(
+            guidance_scale=sampling.guidance_scale,
+            num_train_steps=self.num_train_steps,
+            shuffle_steps=sampling.shuffle_steps,
+            train_window=tuple(sampling.train_window) if sampling.train_window else None,
+            sde_window=tuple(sampling.sde_window) if sampling.sde_window else None,
+            deterministic_kernel=self.det_kernel,
+            store_steps="likelihood" in self.algorithm.needs,
+            batch_size=sampling.batch_size,
+        )
 
     def fingerprint(self) -> dict[str, Any]:
         return run_fingerprint(self.cfg, self.family, self.generator, len(self.train_items))
@@ -369,28 +197,6 @@ class Trainer:
                 seeds.append(sample_seed(cfg.seed, iteration, 0, pid * g + member))
         return items, torch.tensor(prompt_ids), seeds
 
-    def _score(self, rollout: Rollout) -> dict[str, torch.Tensor]:
-        images = rollout.images.detach()
-        out: dict[str, torch.Tensor] = {}
-        for reward, _w in self.rewards:
-            name = getattr(reward, "name", type(reward).__name__)
-            if getattr(reward, "groupwise", False):
-                parts: list[dict[str, torch.Tensor]] = []
-                for gid in rollout.group_ids.unique(sorted=True):
-                    idx = (rollout.group_ids == gid).nonzero().flatten()
-                    parts.append(reward(images[idx], [rollout.prompts[i] for i in idx],
-                                        [rollout.metadata[i] for i in idx]))
-                scores = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            else:
-                scores = reward(images, rollout.prompts, rollout.metadata)
-            check_scores(name, scores, len(rollout))
-            main = next(iter(scores))
-            out[name] = scores[main].detach().float().cpu()
-            for k, v in scores.items():
-                if k != main:
-                    out[f"{name}/{k}"] = v.detach().float().cpu()
-        return out
-
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
         return self.accelerator.gather(t.contiguous()) if self.world > 1 else t
 
@@ -403,14 +209,7 @@ class Trainer:
     def _optimizer_step(self) -> float:
         params = self.generator.trainable_parameters()
         if self.world > 1:
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            flat = torch.cat([g.flatten() for g in grads])
-            torch.distributed.all_reduce(flat)
-            offset = 0
-            for p in params:
-                n = p.numel()
-                p.grad = flat[offset : offset + n].view_as(p).clone()
-                offset += n
+            sum_gradients(params)
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         self.optimizer.step()
@@ -427,13 +226,13 @@ class Trainer:
         if cfg.train.skip_zero_variance:
             local = local[rollout.mask.cpu()]
         num_mb = max(1, math.ceil(n / (cfg.train.minibatch_size or n)))
-        agg = _Metrics()
+        agg = MetricAverager()
         first_log_ratio = 0.0
         updates = 0
         grad_norms: list[float] = []
         pending = False
         for epoch in range(cfg.train.inner_epochs):
-            g = torch.Generator().manual_seed(sample_seed(cfg.seed, iteration, self.rank, epoch, stream="shuffle"))
+            g = torch_generator(sample_seed(cfg.seed, iteration, self.rank, epoch, stream="shuffle"))
             perm = local[torch.randperm(len(local), generator=g)]
             chunks = torch.tensor_split(perm, num_mb)
             for j, chunk in enumerate(chunks):
@@ -470,26 +269,14 @@ class Trainer:
             return self._offline_iteration(it, batch, time.perf_counter() - t0)
         items, prompt_ids, seeds = self._local_samples(it)
         self.generator.denoiser.eval()
-        window, sde_window = cfg.sampling.train_window, cfg.sampling.sde_window
-        options: dict[str, Any] = {
-            "guidance_scale": cfg.sampling.guidance_scale,
-            "num_train_steps": self.num_train_steps,
-            "shuffle_steps": cfg.sampling.shuffle_steps,
-            "train_window": tuple(window) if window else None,
-            "deterministic_kernel": self.det_kernel,
-            "sde_window": tuple(sde_window) if sde_window else None,
-            "store_mean": "means" in getattr(self.algorithm, "extra_needs", ()),
-            "store_steps": "likelihood" in self.algorithm.needs,
-            "batch_size": cfg.sampling.batch_size,
-        }
-        options.update(self.algorithm.rollout_overrides(it))
         rollout = run_rollout(self.generator, self.schedule, self.kernel, [m["prompt"] for m in items], items,
-                              prompt_ids, seeds, **options)
+                              prompt_ids, seeds, self.algorithm.rollout_plan(it, self.plan))
         t1 = time.perf_counter()
-        local_scores = self._score(rollout)
+        local_scores = score_images(self.rewards, rollout.images, rollout.prompts, rollout.metadata,
+                                    rollout.group_ids)
         scores = {k: self._gather(v) for k, v in local_scores.items()}
         groups = self._gather(rollout.group_ids)
-        weights = {getattr(r, "name", type(r).__name__): w for r, w in self.rewards}
+        weights = {reward_name(r): w for r, w in self.rewards}
         adv = compute_advantages(scores, groups, weights=weights, mode=cfg.advantage.mode, std=cfg.advantage.std,
                                  clip=cfg.advantage.clip, eps=cfg.advantage.eps)
         n_local = len(rollout)
@@ -503,15 +290,7 @@ class Trainer:
         self.generator.denoiser.eval()
         t3 = time.perf_counter()
 
-        main = next(iter(weights))
-        for k, v in scores.items():
-            row[f"reward/{k}/mean"] = float(v.mean())
-        row["reward/mean"] = float(scores[main].mean())
-        tags = [str(m.get("tag")) for m in rollout.metadata]
-        for tag in sorted(set(tags) - {"None"}):  # per tag, this process's samples
-            sel = torch.tensor([t == tag for t in tags])
-            row[f"reward/tag/{tag}"] = float(local_scores[main][sel].mean())
-        row["reward/std"] = float(scores[main].std(unbiased=False))
+        row.update(reward_metrics(scores, local_scores, rollout.metadata, main=next(iter(weights))))
         row.update(adv.stats())
         row["lr"] = float(self.lr_schedule.get_last_lr()[0])
         row["time/rollout"], row["time/reward"], row["time/train"] = t1 - t0, t2 - t1, t3 - t2
@@ -537,28 +316,17 @@ class Trainer:
 
     # ---- evaluation ---------------------------------------------------------------------------------------
     def evaluate(self, it: int) -> dict[str, Any] | None:
-        """Deterministic sampler, more steps, the held-out prompts; writes evals/iter_XXXX/results.json."""
+        """The held-out evaluation after iteration ``it`` (with the EMA weights if configured); writes
+        ``evals/iter_XXXX/results.json``."""
         if not self.cfg.eval.enabled or not self.test_items:
             return None
-        from visalign.report.evaluation import evaluate_prompts
-
         t0 = time.perf_counter()
         result = None
         if self.is_main:
-            ecfg = self.cfg.eval
-            guidance = ecfg.guidance_scale if ecfg.guidance_scale is not None else self.cfg.sampling.guidance_scale
-            schedule = self.generator.schedule(ecfg.num_steps)
-            kernel = self.generator.make_kernel(DETERMINISTIC[self.family], 0.0, schedule)
-            items = _stratified(self.test_items, ecfg.max_prompts) if ecfg.max_prompts else self.test_items
-
-            def sample(prompts: list[str], seeds: list[int]) -> torch.Tensor:
-                return sample_deterministic(self.generator, schedule, kernel, prompts, seeds, guidance, ecfg.batch_size)
-
-            use_ema = self.ema is not None and ecfg.use_ema and it > 0
-            with torch.no_grad(), (self.ema.swapped() if use_ema else _nullcontext()):
-                result = evaluate_prompts(
-                    sample, items, self.run_dir / "evals" / f"iter_{it:04d}", ecfg.images_per_prompt, ecfg.seed,
-                    rewards=self.rewards, grid_per_tag=self.cfg.log.grid_per_tag)
+            use_ema = self.ema is not None and self.cfg.eval.use_ema and it > 0
+            with self.ema.swapped() if use_ema else contextlib.nullcontext():
+                result = evaluate_generator(self.generator, self.cfg, self.test_items,
+                                            self.run_dir / "evals" / f"iter_{it:04d}", self.rewards)
         self.accelerator.wait_for_everyone()
         self._last_eval_seconds = time.perf_counter() - t0
         self._eval_seconds_run += self._last_eval_seconds
@@ -593,32 +361,14 @@ class Trainer:
 
     def _find_resume(self) -> tuple[Path | None, dict[str, Any] | None]:
         """The checkpoint to continue from and its state (``resume=auto``: the newest intact one)."""
-        cfg = self.cfg
-        if cfg.resume is None:
-            return None, None
-        if cfg.resume != "auto":
-            path = resolve_resume(cfg.run_dir, cfg.resume)
-            return path, load_checkpoint(path, self.fingerprint())
-        path, state, skipped = load_latest_valid(cfg.run_dir, self.fingerprint())
-        for reason in skipped:
+        path, state, self._skipped = find_resume(self.cfg.run_dir, self.cfg.resume, self.fingerprint())
+        for reason in self._skipped:
             self._say(f"skipped a damaged checkpoint: {reason}")
-        self._skipped = skipped
         return path, state
 
-    def _start_over(self, metrics_path: Path) -> None:
-        """``resume=auto`` with no checkpoint: the earlier attempt died before its first one; start afresh."""
-        logged = sum(1 for line in metrics_path.read_text(errors="replace").splitlines() if line.strip())
-        self._say(f"{self.run_dir}: no checkpoint to resume from; starting the run from the beginning "
-                  f"(discarding the {logged} metrics lines of the attempt that stopped before its first checkpoint)")
-        metrics_path.unlink()
-        for stale in ("summary.json", "resumes.jsonl"):
-            (self.run_dir / stale).unlink(missing_ok=True)
-        shutil.rmtree(self.run_dir / "evals", ignore_errors=True)
-
-    def _run(self) -> dict[str, Any]:
+    def _open_run_dir(self) -> None:
+        """Continue from a checkpoint (or start afresh) and write the run's ``config.yaml``."""
         cfg = self.cfg
-        wall0 = time.perf_counter()
-        self._skipped: list[str] = []
         resume_from, state = self._find_resume()
         metrics_path = self.run_dir / "metrics.jsonl"
         if resume_from is None and metrics_path.exists():
@@ -626,9 +376,12 @@ class Trainer:
                 raise UserError(f"{self.run_dir}: already holds a run (metrics.jsonl); continue it with --resume "
                                 f"(resume=auto) or choose another run_dir")
             if self.is_main:
-                self._start_over(metrics_path)
+                logged = discard_unfinished_attempt(self.run_dir)
+                self._say(f"{self.run_dir}: no checkpoint to resume from; starting the run from the beginning "
+                          f"(discarding the {logged} metrics lines of the attempt that stopped before its first "
+                          f"checkpoint)")
+        changed: dict[str, Any] = {}
         if resume_from is not None and state is not None:
-            changed = {}
             if state.get("config") is not None:
                 changed = resume_changes(state["config"], cfg.model_dump(mode="json"), str(resume_from))
             self.load_state(state, resume_from)
@@ -641,15 +394,19 @@ class Trainer:
                 truncate_metrics(metrics_path, self.start_iteration)
                 record_resume(self.run_dir, self.start_iteration, resume_from, changed, self._skipped)
         self.accelerator.wait_for_everyone()
+
+    def _run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        wall0 = time.perf_counter()
+        self._open_run_dir()
         logger = MetricsLogger(self.run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
                                config=cfg.model_dump(mode="json"), enabled=self.is_main)
-        base_eval = None
         if self.start_iteration == 0:
             base_eval = self.evaluate(0)
             if base_eval is not None:
-                logger.log({"iteration": 0, **_eval_row(base_eval)})
+                logger.log({"iteration": 0, **eval_row(base_eval)})
         else:
-            base_eval = _read_eval(self.run_dir, 0)
+            base_eval = read_eval(self.run_dir, 0)
         last_eval = base_eval
         end = cfg.train.iterations
         stop = min(end, cfg.stop_after) if cfg.stop_after is not None else end
@@ -671,7 +428,7 @@ class Trainer:
                     ev = self.evaluate(it)
                     if ev is not None:
                         last_eval = ev
-                        row.update(_eval_row(ev))
+                        row.update(eval_row(ev))
                         row["time/eval"] = ev.get("seconds", 0.0)
                 logger.log(row)
                 if (cfg.checkpoint.every and it % cfg.checkpoint.every == 0) or it == stop:
@@ -683,15 +440,20 @@ class Trainer:
                     break
         logger.close()
         self.timings["wall"] += time.perf_counter() - wall0
-        summary = {"iterations_done": it, "iterations": cfg.train.iterations, "finished": it == end,
+        return self._finish(it, it == end, out_of_time, base_eval, last_eval)
+
+    def _finish(self, it: int, finished: bool, out_of_time: bool, base_eval: dict[str, Any] | None,
+                last_eval: dict[str, Any] | None) -> dict[str, Any]:
+        """Write ``summary.json`` (and, at the end of the run, the HTML report); return the summary."""
+        summary = {"iterations_done": it, "iterations": self.cfg.train.iterations, "finished": finished,
                    "stopped_by_time_budget": out_of_time,
-                   "base": _headline(base_eval), "final": _headline(last_eval) if it == end else None,
+                   "base": headline(base_eval), "final": headline(last_eval) if finished else None,
                    "timings_s": dict(self.timings), "run_dir": str(self.run_dir)}
         if summary["final"] and summary["base"]:
             summary["improvement"] = summary["final"]["overall"] - summary["base"]["overall"]
         if self.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-            if it == end:
+            if finished:
                 from visalign.report.html import build_report
 
                 summary["report"] = str(build_report(self.run_dir))
@@ -742,50 +504,3 @@ class Trainer:
             save_checkpoint(self.run_dir, it, self.state_dict(it), self.fingerprint(), self.cfg.checkpoint.keep_last,
                             config=self.cfg.model_dump(mode="json"))
         self.accelerator.wait_for_everyone()
-
-
-# a full disk, a read-only folder, no permission, a quota: the user's storage, not a bug
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-def _stratified(items: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """The first ``n`` items taken round-robin over tags (so that a subset still covers every tag)."""
-    by_tag: dict[str, list[dict[str, Any]]] = {}
-    for item in items:
-        by_tag.setdefault(str(item.get("tag", "")), []).append(item)
-    out: list[dict[str, Any]] = []
-    depth = 0
-    while len(out) < min(n, len(items)):
-        for rows in by_tag.values():
-            if depth < len(rows) and len(out) < n:
-                out.append(rows[depth])
-        depth += 1
-    return out
-
-
-def _eval_row(ev: dict[str, Any]) -> dict[str, Any]:
-    row = {"eval/overall": ev["overall"]}
-    for k, v in (ev.get("per_tag") or {}).items():
-        row[f"eval/tag/{k}"] = v
-    if "soft" in ev:
-        row["eval/soft"] = ev["soft"]
-    return row
-
-
-def _headline(ev: dict[str, Any] | None) -> dict[str, Any] | None:
-    if ev is None:
-        return None
-    return {k: ev[k] for k in ("overall", "per_tag", "soft") if k in ev}
-
-
-def _read_eval(run_dir: Path, it: int) -> dict[str, Any] | None:
-    path = run_dir / "evals" / f"iter_{it:04d}" / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else None

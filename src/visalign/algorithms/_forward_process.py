@@ -2,7 +2,8 @@
 RWR, RAFT).
 
 Each clean sample x_0 (a rollout's final latents) draws a noise level and a Gaussian eps from its own
-``torch.Generator``, seeded by the sample's seed, and is noised with its family's forward process:
+``torch.Generator``, seeded by the sample's seed, and is noised with its family's forward process (the generator
+adapter's ``noise_level_at`` / ``add_noise`` / ``regression_target``):
 
 * ``flow``:      x_sigma = (1 - sigma) x_0 + sigma eps;  target v = eps - x_0;  network time sigma * T
 * ``diffusion``: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps;  target eps (epsilon prediction) or
@@ -17,12 +18,9 @@ with T the scheduler's ``num_train_timesteps``: the same time inputs the adapter
 
 tau is sigma for flow models and t / T for diffusion models (t = min(floor(tau T), T - 1)).
 
-The regression is measured in the network's own output space. A diffusion UNet is regressed on what it predicts
-(eps, v or x_0). A flow adapter always hands out a velocity, so for a transformer that predicts x_0 (the
-shipped ``shapes-flow``) the velocity error is weighted by sigma^2: v_hat - v = (x_0 - x0_hat) / sigma, so
-sigma^2 ||v_hat - v||^2 = ||x0_hat - x_0||^2, its pretraining loss. Unweighted, the 1 / sigma^2 of the velocity
-error let the least-noised draw of a minibatch (sigma near 0, where the layout is already fixed) carry nearly all
-of its gradient.
+The regression is measured in the network's own output space (the adapter's ``regression_target`` weight): a
+diffusion UNet is regressed on what it predicts (eps, v or x_0); a flow transformer that predicts x_0 (the shipped
+``shapes-flow``) has its velocity error weighted by sigma^2, which is its x_0 error.
 
 Determinism: the draws of a sample depend on its seed only (not on how samples are batched), and the seeds a
 ``loss`` sees are derived from the rollout seeds, the pass over the rollout (inner epoch) and the draw index, so
@@ -34,15 +32,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from visalign.algorithms.base import Algorithm
+from visalign.algorithms.base import Algorithm, RunContext
+from visalign.algorithms.common import masked_mean
 from visalign.config_io import StrictModel
-from visalign.rollout import sample_seed
-from visalign.sampling.base import mean_over_data, per_sample
+from visalign.sampling.base import mean_over_data
+from visalign.seeding import sample_seed, torch_generators
 
 if TYPE_CHECKING:
     from visalign.models.base import Generator, Schedule
@@ -70,7 +69,7 @@ def _levels(
     generators: list[torch.Generator], generator: Generator, mode: str, t_min: float, t_max: float,
     schedule: Schedule | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t_model [B], level [B]) from the first draw of each sample's generator; level = sigma (flow) or abar."""
+    """(t_model [B], level [B]) from the first draw of each sample's generator; level = the kernel coordinate."""
     if mode == "schedule":
         if schedule is None:
             raise ValueError("time_sampling='schedule' needs the rollout schedule (Algorithm.bind)")
@@ -82,13 +81,7 @@ def _levels(
         u = torch.sigmoid(torch.stack([torch.randn((), generator=g) for g in generators]))
     else:
         raise ValueError(f"unknown time_sampling '{mode}' (uniform, logit_normal, schedule)")
-    tau = t_min + (t_max - t_min) * u
-    scheduler = generator.pipeline.scheduler
-    num_train = int(scheduler.config.num_train_timesteps)
-    if generator.family == "flow":
-        return tau * num_train, tau
-    step = torch.clamp((tau * num_train).floor(), 0, num_train - 1)
-    return step, scheduler.alphas_cumprod.float()[step.long()]
+    return generator.noise_level_at(t_min + (t_max - t_min) * u)
 
 
 def forward_noise(
@@ -100,33 +93,15 @@ def forward_noise(
     t_max: float = 1.0,
     schedule: Schedule | None = None,
 ) -> Noised:
-    """Noise the clean latents ``x0`` ([B, ...]) with the forward process of ``generator.family``; sample i draws its
-    time, then its eps, from ``torch.Generator().manual_seed(seeds[i])``."""
-    if generator.family not in ("flow", "diffusion"):
-        raise ValueError(f"the forward process is defined for flow and diffusion models, not '{generator.family}'")
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
+    """Noise the clean latents ``x0`` ([B, ...]) with the generator's forward process; sample i draws its time,
+    then its eps, from ``torch.Generator().manual_seed(seeds[i])``."""
+    gens = torch_generators(seeds.tolist())
     t_model, level = _levels(gens, generator, time_sampling, t_min, t_max, schedule)
     noise = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=g) for g in gens]).to(x0.device)
-    x = x0.float()
-    c = per_sample(level.to(x.device), x)
-    weight = torch.ones(x.shape[0], device=x.device)
-    if generator.family == "flow":
-        x_t, target = (1 - c) * x + c * noise, noise - x
-        if getattr(generator, "predicts_sample", False):  # x_0 transformer: its x_0 error (module docstring)
-            weight = level.float().to(x.device) ** 2
-    else:
-        x_t = c.sqrt() * x + (1 - c).sqrt() * noise
-        prediction = getattr(generator, "prediction_type", "epsilon")
-        if prediction == "epsilon":
-            target = noise
-        elif prediction == "v_prediction":
-            target = c.sqrt() * noise - (1 - c).sqrt() * x
-        elif prediction == "sample":
-            target = x
-        else:
-            raise ValueError(f"forward-process training does not support prediction_type '{prediction}'")
-    return Noised(x_t=x_t.to(x0.dtype), t_model=t_model.to(x0.device), level=level, noise=noise, target=target,
-                  weight=weight)
+    level = level.to(x0.device)
+    target, weight = generator.regression_target(x0, noise, level)
+    return Noised(x_t=generator.add_noise(x0, noise, level).to(x0.dtype), t_model=t_model.to(x0.device),
+                  level=level, noise=noise, target=target, weight=weight.to(x0.device))
 
 
 def regression_loss(prediction: torch.Tensor, noised: Noised) -> torch.Tensor:
@@ -183,7 +158,7 @@ class ForwardProcessAlgorithm(Algorithm):
 
     def noise(self, batch: SampleBatch, generator: Generator) -> Noised:
         opts = self.options
-        schedule = getattr(self, "context", {}).get("schedule")
+        schedule = self.context.schedule
         return forward_noise(batch.final_latents, batch.seeds, generator, opts.time_sampling, opts.t_min,
                              opts.t_max, schedule)
 
@@ -210,11 +185,22 @@ class ForwardProcessAlgorithm(Algorithm):
             ref = generator.predict(noised.x_t, noised.t_model, batch.cond, 1.0).float()
         return noised.weight * mean_over_data((prediction - ref) ** 2)
 
+    def with_reference_penalty(self, loss: torch.Tensor, metrics: dict[str, float], generator: Generator,
+                               noised: Noised, batch: SampleBatch, prediction: torch.Tensor,
+                               kl_beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """``loss + kl_beta * mean reference_penalty`` (when kl_beta > 0); logs ``kl`` and ``loss``."""
+        if kl_beta > 0:
+            kl = masked_mean(self.reference_penalty(generator, noised, batch, prediction), batch.mask)
+            loss = loss + kl_beta * kl
+            metrics["kl"] = float(kl.detach())
+        metrics["loss"] = float(loss.detach())
+        return loss, metrics
 
-def combined_reward(rewards: dict[str, torch.Tensor], context: dict[str, Any]) -> torch.Tensor:
+
+def combined_reward(rewards: dict[str, torch.Tensor], context: RunContext) -> torch.Tensor:
     """The weighted sum of the run's rewards (names and weights from the trainer's context); without a context,
     the single reward present."""
-    pairs = context.get("rewards")
+    pairs = context.rewards
     if pairs:
         total = None
         for reward, weight in pairs:

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from visalign.algorithms._forward_process import ForwardOptions, forward_noise, forward_seed, regression_loss
-from visalign.algorithms.base import Algorithm
+from visalign.algorithms.base import Algorithm, RunContext
 from visalign.config_io import StrictModel
-from visalign.preference_data import ImageRef, encode_images, pixel_size
-from visalign.rollout import sample_seed
+from visalign.preference_data import ImageRef, pixel_size
+from visalign.seeding import sample_seed, torch_generator
 
 if TYPE_CHECKING:
     from visalign.models.base import Cond, Generator
@@ -180,7 +180,6 @@ class PreferenceAlgorithm(Algorithm):
     approach = "preference"
 
     needs = frozenset({"pairs"})
-    families = ("flow", "diffusion")
     Options = PreferenceOptions
 
     def __init__(self, options: StrictModel) -> None:
@@ -190,8 +189,8 @@ class PreferenceAlgorithm(Algorithm):
         self._orders: dict[int, torch.Tensor] = {}
 
     # ---- hooks of the trainer -------------------------------------------------------------------------------
-    def bind(self, **context: Any) -> None:
-        super().bind(**context)
+    def bind(self, context: RunContext) -> None:
+        super().bind(context)
         if self.options.dataset is not None:
             self._items = self._load(self.options.dataset, self.options.verify_images)
 
@@ -214,9 +213,9 @@ class PreferenceAlgorithm(Algorithm):
             return None
         if self._items is None:
             self._items = self._load(self.options.dataset, self.options.verify_images)
-        ctx = getattr(self, "context", {})
-        world, rank, seed = ctx.get("world", 1), ctx.get("rank", 0), ctx.get("seed", 0)
-        n_global = int(ctx.get("samples_per_iter", len(self._items)))
+        ctx = self.context
+        world, rank, seed = ctx.world, ctx.rank, ctx.seed
+        n_global = int(ctx.samples_per_iter or len(self._items))
         n_local = n_global // world
         start = (iteration - 1) * n_global + rank * n_local
         positions = range(start, start + n_local)
@@ -224,7 +223,7 @@ class PreferenceAlgorithm(Algorithm):
         height, width = pixel_size(generator)
         k = len(items[0].images)
         pixels = torch.stack([ref.load(height, width) for item in items for ref in item.images])
-        latents = encode_images(generator, pixels)
+        latents = generator.encode_images(pixels)
         latents = latents.reshape(len(items), k, *latents.shape[1:]).to(generator.device)
         return OfflineBatch(
             latents=latents,
@@ -264,7 +263,7 @@ class PreferenceAlgorithm(Algorithm):
         n = len(self._items)
         epoch = p // n
         if epoch not in self._orders:
-            g = torch.Generator().manual_seed(sample_seed(seed, epoch, 0, 0, stream="offline-order"))
+            g = torch_generator(sample_seed(seed, epoch, 0, 0, stream="offline-order"))
             self._orders = {epoch: torch.randperm(n, generator=g)}  # only the current epoch is ever needed
         return int(self._orders[epoch][p % n])
 
@@ -275,7 +274,7 @@ class PreferenceAlgorithm(Algorithm):
         the frozen reference on the same forward-noised inputs."""
         opts = self.options
         noised = forward_noise(x0, seeds, generator, opts.time_sampling, opts.t_min, opts.t_max,
-                               getattr(self, "context", {}).get("schedule"))
+                               self.context.schedule)
         mse = regression_loss(generator.predict(noised.x_t, noised.t_model, cond, 1.0), noised)
         with torch.no_grad(), generator.reference():
             ref = regression_loss(generator.predict(noised.x_t, noised.t_model, cond, 1.0), noised)

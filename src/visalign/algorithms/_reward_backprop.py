@@ -26,29 +26,25 @@ seeded from the batch's sample seeds, so a resumed run reproduces an uninterrupt
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from visalign.algorithms.base import Algorithm
+from visalign.algorithms.base import Algorithm, RunContext
 from visalign.errors import UserError
-from visalign.sampling.base import per_sample
+from visalign.sampling.samplers import DifferentiableSampler
+from visalign.seeding import seed_from_key, torch_generator
 
 if TYPE_CHECKING:
-    from visalign.models.base import Cond, Generator, Schedule
+    from visalign.models.base import Generator
     from visalign.rewards.base import Reward
     from visalign.rollout import SampleBatch
-    from visalign.sampling import Kernel
 
 
 def batch_generator(seeds: torch.Tensor, stream: str) -> torch.Generator:
     """A generator seeded from (stream, the batch's sample seeds): one draw per batch, reproducible on resume."""
-    key = f"{stream}:" + ",".join(str(int(s)) for s in seeds.tolist())
-    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
-                                         & ((1 << 63) - 1))
+    return torch_generator(seed_from_key(f"{stream}:" + ",".join(str(int(s)) for s in seeds.tolist())))
 
 
 def differentiable_rewards(rewards: Sequence[tuple[Reward, float]], algorithm: str) -> list[tuple[Reward, float]]:
@@ -76,98 +72,19 @@ def differentiable_rewards(rewards: Sequence[tuple[Reward, float]], algorithm: s
     return used
 
 
-class DifferentiableSampler:
-    """The deterministic sampler of a generator, runnable with or without grad from any step."""
-
-    def __init__(self, generator: Generator, schedule: Schedule, kernel: Kernel, checkpointing: bool = False):
-        self.generator, self.schedule, self.kernel = generator, schedule, kernel
-        self.checkpointing = checkpointing
-        self.family = generator.family
-
-    def __len__(self) -> int:
-        return len(self.schedule)
-
-    def init(self, seeds: torch.Tensor) -> tuple[torch.Tensor, list[torch.Generator]]:
-        """The rollout's initial noise (drawn first from each sample's generator) and the generators."""
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
-        return self.generator.init_noise(gens), gens
-
-    def _coords(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = x.shape[0]
-        s = self.schedule
-        return (s.t_model[i].to(x.device).expand(n), s.c[i].to(x.device).expand(n),
-                s.c_next[i].to(x.device).expand(n))
-
-    def _step(self, x: torch.Tensor, i: int, cond: Cond, guidance: float) -> torch.Tensor:
-        t, c, c_next = self._coords(i, x)
-        out = self.generator.predict(x, t, cond, guidance)
-        return self.kernel.step(x, out, c, c_next, None).x_next
-
-    def _x0(self, x: torch.Tensor, i: int, cond: Cond, guidance: float) -> torch.Tensor:
-        t, c, _ = self._coords(i, x)
-        out = self.generator.predict(x, t, cond, guidance)
-        return predicted_x0(self.family, self.kernel, x, out, c).to(x.dtype)
-
-    def _maybe_checkpoint(self, fn, *args: Any) -> torch.Tensor:
-        if self.checkpointing and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
-
-    def run(self, x: torch.Tensor, start: int, end: int, cond: Cond, guidance: float, grad: bool) -> torch.Tensor:
-        """Steps ``start .. end - 1`` from ``x``; with ``grad=False`` the result is detached."""
-        with torch.set_grad_enabled(grad):
-            for i in range(start, end):
-                x = self._maybe_checkpoint(self._step, x, i, cond, guidance)
-        return x
-
-    def predict_x0(self, x: torch.Tensor, i: int, cond: Cond, guidance: float) -> torch.Tensor:
-        """The network's one-step estimate of the clean latents at step ``i`` (with grad)."""
-        return self._maybe_checkpoint(self._x0, x, i, cond, guidance)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self._maybe_checkpoint(self.generator.decode, latents)
-
-    def truncated(self, seeds: torch.Tensor, cond: Cond, guidance: float, k: int) -> torch.Tensor:
-        """Final latents with the gradient flowing through the last ``k`` steps only (0 < k <= S)."""
-        steps = len(self)
-        if not 0 < k <= steps:
-            raise ValueError(f"truncation K={k} outside 1..{steps}")
-        x, _ = self.init(seeds)
-        x = self.run(x, 0, steps - k, cond, guidance, grad=False)
-        return self.run(x, steps - k, steps, cond, guidance, grad=True)
-
-
-def predicted_x0(family: str, kernel: Kernel, x: torch.Tensor, out: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """x0_hat from one network output: flow x - sigma v; diffusion the DDIM kernel's x0 (eps or v prediction)."""
-    if family == "flow":
-        return x.float() - per_sample(c.float(), x) * out.float()
-    return kernel.x0_eps(x, out, c)[0]
-
-
-def forward_noise(family: str, x0: torch.Tensor, noise: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """x0 noised to the coordinate ``c``: flow (1 - sigma) x0 + sigma eps; diffusion sqrt(ab) x0 + sqrt(1 - ab) eps."""
-    c = per_sample(c.float(), x0)
-    if family == "flow":
-        out = (1 - c) * x0.float() + c * noise.float()
-    else:
-        out = torch.sqrt(c) * x0.float() + torch.sqrt(1 - c) * noise.float()
-    return out.to(x0.dtype)
-
-
 class RewardBackprop(Algorithm):
     """Base of the reward back-propagation algorithms: reward check at ``bind``, the sampler, the scoring."""
     approach = "reward backprop"
 
     needs = frozenset({"differentiable"})
-    families = ("flow", "diffusion")
     # The rollout only logs rewards; with the deterministic kernel its images are the ones trained on.
     kernels = ("ode", "ddim")
 
-    def bind(self, **context: Any) -> None:
-        super().bind(**context)
-        self.used_rewards = differentiable_rewards(context.get("rewards", []), self.name)
-        self.schedule = context["schedule"]
-        self.kernel = context["deterministic_kernel"]
+    def bind(self, context: RunContext) -> None:
+        super().bind(context)
+        self.used_rewards = differentiable_rewards(context.rewards, self.name)
+        self.schedule = context.schedule
+        self.kernel = context.deterministic_kernel
 
     def sampler(self, generator: Generator) -> DifferentiableSampler:
         return DifferentiableSampler(generator, self.schedule, self.kernel,

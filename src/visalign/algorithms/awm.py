@@ -54,9 +54,4 @@ class AWM(ForwardProcessAlgorithm):
         loss = policy
         metrics = {"loss/policy": float(policy.detach()), "fm_loss": float(matching.detach().mean()),
                    "noise_level/mean": float(noised.level.mean())}
-        if opts.kl_beta > 0:
-            kl = masked_mean(self.reference_penalty(generator, noised, batch, v), batch.mask)
-            loss = loss + opts.kl_beta * kl
-            metrics["kl"] = float(kl.detach())
-        metrics["loss"] = float(loss.detach())
-        return loss, metrics
+        return self.with_reference_penalty(loss, metrics, generator, noised, batch, v, opts.kl_beta)

@@ -5,21 +5,23 @@ An algorithm is one file: a subclass of ``Algorithm`` registered with ``@registe
 * ``needs``: what it needs from a rollout — ``"likelihood"`` (per-step trajectories with old log-probs),
   ``"final"`` (final samples only), ``"pairs"`` (best/worst pairs per group), ``"differentiable"`` (a reward that
   back-propagates);
-* ``families``: the generator families it supports (``flow``, ``diffusion``);
+* ``families``: the generator families it is limited to (``flow``, ``diffusion``), or None (the default) for every
+  family whose adapter implements the ``Generator`` contract;
 * ``Options``: a ``StrictModel`` with its hyperparameters (the config's ``algorithm.options``);
 
 and implements ``loss(batch, generator) -> (loss, metrics)``. The trainer owns the loop; an algorithm may override
 ``micro_batches`` (how a minibatch of samples is cut into backward passes: by default one ``StepBatch`` per stored
 step for ``likelihood`` algorithms, one ``SampleBatch`` of final samples otherwise), ``on_iteration_start``,
-``rollout_overrides`` (per-iteration rollout settings: SDE / train windows, shared initial noise),
+``rollout_plan`` (per-iteration rollout settings: SDE / train windows, shared initial noise, stored step means),
 ``state_dict`` / ``load_state_dict`` (state that must survive a resume, e.g. an EMA of the old policy).
-``bind`` hands it the run's context (rewards, schedule, kernels) once, before training.
+``bind`` hands it the run's ``RunContext`` (rewards, schedule, kernels, seed, ranks) once, before training.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -28,10 +30,26 @@ from visalign.config_io import StrictModel, validate_config
 from visalign.errors import UserError
 
 if TYPE_CHECKING:
-    from visalign.models.base import Generator
-    from visalign.rollout import Rollout, SampleBatch, StepBatch
+    from visalign.models.base import Generator, Schedule
+    from visalign.rewards.base import Reward
+    from visalign.rollout import Rollout, RolloutPlan, SampleBatch, StepBatch
+    from visalign.sampling import Kernel
 
 NEEDS = frozenset({"likelihood", "final", "pairs", "differentiable"})
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the trainer tells an algorithm about the run, once, before training (``Algorithm.bind``)."""
+
+    rewards: Sequence[tuple[Reward, float]] = ()  # (reward, weight) pairs, in the config's order
+    schedule: Schedule | None = None  # the rollout's sampling schedule
+    kernel: Kernel | None = None  # the rollout's (stochastic) step kernel
+    deterministic_kernel: Kernel | None = None  # the family's deterministic kernel on the same schedule
+    seed: int = 0  # the run's seed
+    rank: int = 0  # this process, of ``world``
+    world: int = 1
+    samples_per_iter: int = 0  # prompts_per_iter x group_size over all processes
 
 
 class Algorithm:
@@ -39,7 +57,7 @@ class Algorithm:
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
-    families: ClassVar[tuple[str, ...]] = ("flow", "diffusion")
+    families: ClassVar[tuple[str, ...] | None] = None
     # Kernels the rollout may use with this algorithm (None: any).
     kernels: ClassVar[tuple[str, ...] | None] = None
 
@@ -48,19 +66,24 @@ class Algorithm:
 
     def __init__(self, options: StrictModel) -> None:
         self.options = options
+        self.context = RunContext()
 
-    def bind(self, **context: Any) -> None:
-        """Called once by the trainer with ``rewards``, ``schedule``, ``kernel``, ``deterministic_kernel``, ``seed``,
-        ``rank``, ``world`` and ``samples_per_iter``."""
+    @classmethod
+    def supports_family(cls, family: str) -> bool:
+        """Whether the algorithm runs on generators of ``family``."""
+        return cls.families is None or family in cls.families
+
+    def bind(self, context: RunContext) -> None:
+        """Called once by the trainer, before training, with the run's context."""
         self.context = context
 
     def on_iteration_start(self, iteration: int) -> None:
         """Hook for schedules that move with the iteration (e.g. a sliding SDE window)."""
 
-    def rollout_overrides(self, iteration: int) -> dict[str, Any]:
-        """Keyword arguments of ``run_rollout`` this algorithm sets for an iteration, e.g.
-        ``{"sde_window": (l, l + w), "train_window": (l, l + w)}`` (MixGRPO) or ``{"share_initial_noise": True}``."""
-        return {}
+    def rollout_plan(self, iteration: int, plan: RolloutPlan) -> RolloutPlan:
+        """The rollout settings of an iteration: the config's ``plan`` (returned as is by default), with what this
+        algorithm sets, e.g. ``replace(plan, sde_window=(l, l + w), train_window=(l, l + w))`` (MixGRPO)."""
+        return plan
 
     def micro_batches(self, rollout: Rollout, indices: torch.Tensor) -> Iterator[StepBatch | SampleBatch]:
         """Likelihood algorithms: one backward pass per stored (trained) step; others: the final samples."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from visalign.sampling.base import mean_over_data, per_sample
+from visalign.sampling.base import mean_over_data
 
 if TYPE_CHECKING:
     from visalign.models.base import Generator
@@ -69,6 +69,3 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     so that a sum of per-rank means equals the global mean)."""
     return (values * mask.to(values.dtype)).mean()
 
-
-def expand_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return per_sample(value, like)

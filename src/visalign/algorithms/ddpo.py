@@ -18,7 +18,7 @@ of 10 steps, eta 0.5), so without it the low-noise steps dominate the gradient (
 from __future__ import annotations
 
 from visalign.algorithms._policy_gradient import StepWeighting, StepWeights, clipped_pg_loss
-from visalign.algorithms.base import Algorithm, register_algorithm
+from visalign.algorithms.base import Algorithm, RunContext, register_algorithm
 from visalign.config_io import StrictModel
 
 
@@ -39,9 +39,9 @@ class DDPO(Algorithm):
         super().__init__(options)
         self.step_weights = StepWeights(options.step_weighting)
 
-    def bind(self, **context) -> None:
-        super().bind(**context)
-        self.step_weights.bind(context["kernel"], context["schedule"])
+    def bind(self, context: RunContext) -> None:
+        super().bind(context)
+        self.step_weights.bind(context.kernel, context.schedule)
 
     def loss(self, batch, generator):
         o = self.options

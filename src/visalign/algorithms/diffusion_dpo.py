@@ -66,7 +66,7 @@ class DiffusionDPO(PreferenceAlgorithm):
     def _rollout_pairs(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(winners, losers, samples per pair), formed once per rollout."""
         if self._pairs is None:
-            reward = combined_reward(rollout.rewards, getattr(self, "context", {})).cpu()
+            reward = combined_reward(rollout.rewards, self.context).cpu()
             groups = rollout.group_ids.cpu()
             winners, losers = best_worst_pairs(reward, groups)
             paired = int(torch.isin(groups, groups[winners]).sum()) if len(winners) else 0

@@ -117,12 +117,7 @@ class DiffusionNFT(ForwardProcessAlgorithm):
                 "fm_loss": float(regression_loss(v_theta, noised).mean()),
                 "noise_level/mean": float(noised.level.mean()),
             }
-        if opts.kl_beta > 0:
-            kl = masked_mean(self.reference_penalty(generator, noised, batch, v_theta), batch.mask)
-            loss = loss + opts.kl_beta * kl
-            metrics["kl"] = float(kl.detach())
-        metrics["loss"] = float(loss.detach())
-        return loss, metrics
+        return self.with_reference_penalty(loss, metrics, generator, noised, batch, v_theta, opts.kl_beta)
 
     def state_dict(self) -> dict[str, Any]:
         if self.old is None:

@@ -31,7 +31,6 @@ class DPOK(Algorithm):
     approach = "policy gradient"
     paper = "DPOK: Reinforcement Learning for Fine-tuning Text-to-Image Diffusion Models (arXiv:2305.16381)"
     needs = frozenset({"likelihood"})
-    families = ("diffusion", "flow")
     kernels = ("ddim", "sde")
 
     class Options(StrictModel):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field, model_validator
 
-from visalign.algorithms._reward_backprop import RewardBackprop, forward_noise
+from visalign.algorithms._reward_backprop import RewardBackprop
 from visalign.algorithms.base import register_algorithm
 from visalign.config_io import StrictModel
 
@@ -67,7 +67,7 @@ class DRaFT(RewardBackprop):
                            for _ in range(n)]).to(device=x0.device, dtype=x0.dtype)
         last = steps - 1
         c_last = sampler.schedule.c[last].to(x0.device).expand(n * len(x0))
-        x1 = forward_noise(sampler.family, x0.repeat(n, *([1] * (x0.ndim - 1))), noise, c_last)
+        x1 = generator.add_noise(x0.repeat(n, *([1] * (x0.ndim - 1))), noise, c_last).to(x0.dtype)
         cond = batch.cond.select(torch.arange(len(x0)).repeat(n))
         images = sampler.decode(sampler.run(x1, last, steps, cond, batch.guidance_scale, grad=True))
         reward, metrics = self.score(images, batch, repeat=n)

@@ -45,15 +45,19 @@ The thin registered subclasses below only change defaults (and the paper they ci
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 
 from visalign.algorithms._policy_gradient import StepWeighting, StepWeights, clipped_pg_loss
-from visalign.algorithms.base import Algorithm, register_algorithm
+from visalign.algorithms.base import Algorithm, RunContext, register_algorithm
 from visalign.config_io import StrictModel
-from visalign.rollout import sample_seed
+from visalign.seeding import sample_seed, torch_generator
+
+if TYPE_CHECKING:
+    from visalign.rollout import RolloutPlan
 
 
 @register_algorithm("flow_grpo")
@@ -89,14 +93,13 @@ class FlowGRPO(Algorithm):
     def __init__(self, options: StrictModel) -> None:
         super().__init__(options)
         # GRPO-Guard's ratio needs the rollout's step means (the trainer stores them for "means")
-        self.extra_needs = ("means",) if options.ratio_norm == "grpo_guard" else ()
         self.step_weights = StepWeights(options.step_weighting)
         self._ode_kernel = None
 
-    def bind(self, **context: Any) -> None:
-        super().bind(**context)
+    def bind(self, context: RunContext) -> None:
+        super().bind(context)
         o = self.options
-        self.step_weights.bind(context["kernel"], context["schedule"])
+        self.step_weights.bind(context.kernel, context.schedule)
         if o.ode_solver != "euler":
             from visalign.sampling import build_kernel
 
@@ -105,7 +108,7 @@ class FlowGRPO(Algorithm):
     # ---- rollout schedule ----------------------------------------------------------------------------------
     def _num_noisy_steps(self) -> int:
         """Steps that can carry noise: all but the last (sigma' = 0), which is deterministic under every kernel."""
-        schedule = self.context["schedule"]
+        schedule = self.context.schedule
         return int((schedule.c_next > 0).sum())
 
     def sde_window(self, iteration: int) -> tuple[int, int] | None:
@@ -116,10 +119,10 @@ class FlowGRPO(Algorithm):
         last = self._num_noisy_steps()  # window ends may not pass this
         width = min(o.sde_steps, last)
         if o.sde_schedule == "branch":
-            lo, hi = o.branch_range if o.branch_range is not None else (0, max(1, len(self.context["schedule"]) // 2))
+            lo, hi = o.branch_range if o.branch_range is not None else (0, max(1, len(self.context.schedule) // 2))
             hi = min(hi, last - width + 1)  # last possible branch start, +1
             lo = min(lo, hi - 1)
-            g = torch.Generator().manual_seed(sample_seed(self.context.get("seed", 0), iteration, 0, 0, stream="branch"))
+            g = torch_generator(sample_seed(self.context.seed, iteration, 0, 0, stream="branch"))
             start = lo + int(torch.randint(hi - lo, (1,), generator=g))
         else:
             positions = last - width + 1  # window starts 0 .. last - width
@@ -127,18 +130,20 @@ class FlowGRPO(Algorithm):
             start = start % positions if o.window_end == "wrap" else min(start, positions - 1)
         return start, start + width
 
-    def rollout_overrides(self, iteration: int) -> dict[str, Any]:
+    def rollout_plan(self, iteration: int, plan: RolloutPlan) -> RolloutPlan:
         o = self.options
-        out: dict[str, Any] = {}
+        changes: dict[str, Any] = {}
         window = self.sde_window(iteration)
         if window is not None:
-            out["sde_window"] = window
-            out["train_window"] = window
+            changes["sde_window"] = window
+            changes["train_window"] = window
         if o.share_initial_noise:
-            out["share_initial_noise"] = True
+            changes["share_initial_noise"] = True
         if self._ode_kernel is not None:
-            out["deterministic_kernel"] = self._ode_kernel
-        return out
+            changes["deterministic_kernel"] = self._ode_kernel
+        if o.ratio_norm == "grpo_guard":  # its ratio normalisation reads the stored step means
+            changes["store_mean"] = True
+        return dataclasses.replace(plan, **changes)
 
     # ---- loss ----------------------------------------------------------------------------------------------
     def loss(self, batch, generator):

@@ -33,7 +33,6 @@ def top_k_per_group(scores: torch.Tensor, group_ids: torch.Tensor, k: int) -> to
 @register_algorithm("raft")
 class RAFT(ForwardProcessAlgorithm):
     paper = "RAFT: Reward rAnked FineTuning for Generative Foundation Model Alignment (arXiv:2304.06767)"
-    families = ("flow", "diffusion")
 
     class Options(ForwardOptions):
         top_k: int = Field(1, ge=1)  # samples kept per group

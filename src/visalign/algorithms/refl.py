@@ -24,7 +24,7 @@ import torch
 from pydantic import Field, model_validator
 
 from visalign.algorithms._reward_backprop import RewardBackprop, batch_generator
-from visalign.algorithms.base import register_algorithm
+from visalign.algorithms.base import RunContext, register_algorithm
 from visalign.config_io import StrictModel
 from visalign.errors import UserError
 
@@ -60,8 +60,8 @@ class ReFL(RewardBackprop):
                 raise ValueError(f"t_min ({self.t_min}) must be below t_max ({self.t_max})")
             return self
 
-    def bind(self, **context):
-        super().bind(**context)
+    def bind(self, context: RunContext) -> None:
+        super().bind(context)
         steps = len(self.schedule)
         lo, hi = refl_step_range(steps, self.options.t_min, self.options.t_max)
         if lo > hi:

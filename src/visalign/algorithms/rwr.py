@@ -36,7 +36,6 @@ def rwr_weights(signal: torch.Tensor, mask: torch.Tensor, temperature: float) ->
 @register_algorithm("rwr")
 class RWR(ForwardProcessAlgorithm):
     paper = "Aligning Text-to-Image Models using Human Feedback (arXiv:2302.12192)"
-    families = ("flow", "diffusion")
 
     class Options(ForwardOptions):
         temperature: float = Field(1.0, gt=0.0)  # T of exp(R / T)
@@ -44,7 +43,7 @@ class RWR(ForwardProcessAlgorithm):
 
     def loss(self, batch, generator):
         if self.options.weight_by == "reward":
-            signal = combined_reward(batch.rewards, getattr(self, "context", {}))
+            signal = combined_reward(batch.rewards, self.context)
         else:
             signal = batch.advantages
         weights = rwr_weights(signal.to(batch.mask.device), batch.mask, self.options.temperature)

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 def _world_sheet(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from visalign.eval.shapesbench import format_table, score_folder
+    from visalign.eval.shapesbench import RESULTS, format_table, score_folder
     from visalign.worlds.shapes.groundtruth import render_folder
     from visalign.worlds.shapes.prompts import load_split
 
@@ -52,5 +52,5 @@ def _world_sheet(args: argparse.Namespace) -> int:
     results = score_folder(folder, write=True, progress=True)
     console.print(format_table(results, title="ShapesWorld test split, ground truth"))
     console.print(f"sample sheet: {sheet}", soft_wrap=True)
-    console.print(f"results: {folder / 'results.json'}", soft_wrap=True)
+    console.print(f"results: {folder / RESULTS}", soft_wrap=True)
     return 0

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from visalign.checkpoint import export_run
+    from visalign.export import export_run
 
     out = export_run(args.run_dir, args.out, merged=args.merged, checkpoint=args.checkpoint, use_ema=args.ema)
     print(f"exported {'merged pipeline' if args.merged else 'LoRA'}: {out}")

@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     for col in ("approach", "model families", "needs", "paper", "recipes", "status"):
         table.add_column(col, overflow="fold")
     for name, cls in sorted(registered_algorithms().items()):
-        table.add_row(name, cls.approach or "-", ", ".join(cls.families), ", ".join(sorted(cls.needs)), cls.paper,
+        families = ", ".join(cls.families) if cls.families else "any"
+        table.add_row(name, cls.approach or "-", families, ", ".join(sorted(cls.needs)), cls.paper,
                       ", ".join(recipes.get(name, [])) or "-", getattr(cls, "status", "implemented, tested"))
     Console().print(table)
     return 0

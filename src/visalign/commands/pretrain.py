@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from visalign.config_io import load_config
     from visalign.pretrain.config import PretrainConfig
-    from visalign.pretrain.loop import finalize_export, run_pretrain
+    from visalign.pretrain.finalize import finalize_export
+    from visalign.pretrain.loop import run_pretrain
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     if args.from_export is not None:

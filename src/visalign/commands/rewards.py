@@ -93,7 +93,7 @@ def _add_train_shapes_rm(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_train_shapes_rm(args: argparse.Namespace) -> int:
-    from visalign.rewards.shapes_rm_train import run_command
+    from visalign.rewards.shapes_rm_train.command import run_command
 
     return run_command(args)
 

@@ -66,32 +66,39 @@ def read_prompts(args: argparse.Namespace) -> list[dict]:
     return prompts
 
 
+def _sampler_settings(args: argparse.Namespace, defaults: dict) -> tuple[int | None, float | None, int | None]:
+    """(steps, guidance, max_sequence_length): each flag where given, else the model card's value (or None)."""
+
+    def pick(flag: int | float | None, key: str) -> int | float | None:
+        return flag if flag is not None else defaults.get(key)
+
+    return (
+        pick(args.steps, "num_inference_steps"),
+        pick(args.guidance, "guidance_scale"),
+        pick(args.max_sequence_length, "max_sequence_length"),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.console import Console
 
     from visalign.eval.geneval_layout import write_prompt_folder
     from visalign.models.loading import load_pipeline, sampler_defaults
     from visalign.pretrain.generate import generate, image_seed, pipeline_kwargs
+    from visalign.report.progress import task_progress
 
     if args.threads:
         torch.set_num_threads(args.threads)
     metadata = read_prompts(args)
     family, pipe = load_pipeline(args.model)
-    defaults = sampler_defaults(args.model)
-    steps = args.steps if args.steps is not None else defaults.get("num_inference_steps")
-    guidance = args.guidance if args.guidance is not None else defaults.get("guidance_scale")
-    max_len = args.max_sequence_length
-    if max_len is None:
-        max_len = defaults.get("max_sequence_length")
+    steps, guidance, max_len = _sampler_settings(args, sampler_defaults(args.model))
     kwargs = pipeline_kwargs(family, steps, guidance, max_len)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     k = args.images_per_prompt
     per_call = max(1, args.batch_size // k)  # whole prompts per pipeline call
-    with Progress(
-        TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
-    ) as progress:
+    with task_progress(console=Console(), eta=False) as progress:  # stdout: stderr is for the one-line errors
         task = progress.add_task("sample", total=len(metadata) * k)
         for start in range(0, len(metadata), per_call):
             chunk = metadata[start : start + per_call]

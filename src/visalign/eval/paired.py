@@ -62,16 +62,10 @@ def paired_gain(first: str | Path, last: str | Path) -> PairedDifference:
 
 def folder_scores(folder: str | Path, reward: str) -> dict[tuple[int, int], float]:
     """A registered reward of every image of a GenEval-layout folder, keyed by (prompt index, image index)."""
-    # imported here so that the statistics above stay importable without torch and the reward registry
-    from visalign.eval.geneval_layout import load_image, read_folder
-    from visalign.rewards._images import from_uint8
-    from visalign.rewards.base import build_reward
+    from visalign.eval.folder_rewards import prompt_scores
 
-    scorer = build_reward(reward)
-    out: dict[tuple[int, int], float] = {}
-    for index, metadata, paths in read_folder(folder):
-        images = from_uint8([load_image(p) for p in paths])
-        scores = scorer.score(images, [metadata["prompt"]] * len(paths), [metadata] * len(paths))
-        for j, value in enumerate(scores[reward].tolist()):
-            out[(index, j)] = float(value)
-    return out
+    return {
+        (index, j): float(value)
+        for index, _, scores in prompt_scores(folder, reward)
+        for j, value in enumerate(scores.tolist())
+    }

@@ -14,12 +14,12 @@ group of equal strict rewards, hence no advantage, so ``never_right`` is the sha
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from math import comb
 from pathlib import Path
 
 from visalign.errors import UserError
+from visalign.eval.pass_rate import mean_over_tags, tag_groups, tag_means
 
 # (tag, images of the prompt, right images of the prompt)
 PromptCount = tuple[str, int, int]
@@ -45,32 +45,17 @@ def summarise(rows: Sequence[PromptCount], ks: Sequence[int]) -> dict:
     n_min = min(n for _, n, _ in rows)
     if max(ks) > n_min:
         raise UserError(f"k = {max(ks)} needs at least {max(ks)} images per prompt; a prompt has {n_min}")
-    by_tag: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for tag, n, c in rows:
-        by_tag[tag].append((n, c))
-    keys = [f"pass@{k}" for k in ks] + ["never_right"]
-    out: dict = {"prompts": len(rows), "images_per_prompt": n_min, "tags": {}}
-    for tag in sorted(by_tag):
-        counts = by_tag[tag]
-        row = {f"pass@{k}": sum(pass_at_k(n, c, k) for n, c in counts) / len(counts) for k in ks}
-        row["never_right"] = sum(c == 0 for _, c in counts) / len(counts)
-        out["tags"][tag] = row
-    for key in keys:  # GenEval's rule: every tag weighs the same, however many prompts it holds
-        out[key] = sum(row[key] for row in out["tags"].values()) / len(out["tags"])
+    groups = tag_groups([tag for tag, _, _ in rows])
+    per_key = {f"pass@{k}": tag_means([pass_at_k(n, c, k) for _, n, c in rows], groups) for k in ks}
+    per_key["never_right"] = tag_means([c == 0 for _, _, c in rows], groups)
+    out: dict = {"prompts": len(rows), "images_per_prompt": n_min}
+    out["tags"] = {tag: {key: rates[tag] for key, rates in per_key.items()} for tag in groups}
+    out.update({key: mean_over_tags(rates) for key, rates in per_key.items()})
     return out
 
 
 def prompt_counts(folder: str | Path, reward: str = "shapes_strict") -> list[PromptCount]:
     """(tag, images, right images) for every prompt of a GenEval-layout folder; right = a strict reward above 0.5."""
-    # imported here so that the estimator above stays importable without torch and the reward registry
-    from visalign.eval.geneval_layout import load_image, read_folder
-    from visalign.rewards._images import from_uint8
-    from visalign.rewards.base import build_reward
+    from visalign.eval.folder_rewards import prompt_scores
 
-    scorer = build_reward(reward)
-    rows = []
-    for _, metadata, paths in read_folder(folder):
-        images = from_uint8([load_image(p) for p in paths])
-        scores = scorer.score(images, [metadata["prompt"]] * len(paths), [metadata] * len(paths))
-        rows.append((metadata["tag"], len(paths), int((scores[reward] > 0.5).sum())))
-    return rows
+    return [(md["tag"], len(scores), int((scores > 0.5).sum())) for _, md, scores in prompt_scores(folder, reward)]

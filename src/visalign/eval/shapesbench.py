@@ -1,8 +1,8 @@
 """ShapesBench: GenEval's scoring rules applied by the ShapesWorld verifier.
 
 Per tag, strict accuracy is the fraction of images judged correct; ``overall`` is the unweighted
-mean of the tag accuracies (GenEval's rule, so that a tag with many prompts does not dominate);
-``soft`` is the mean partial-credit score over all images. The same dict is written to
+mean of the tag accuracies (GenEval's rule, so that a tag with many prompts does not dominate; both counted
+by ``eval/pass_rate.py``); ``soft`` is the mean partial-credit score over all images. The same dict is written to
 ``DIR/results.json``, with one row per image (its verdict and reason) under ``"images"``.
 """
 
@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.progress import Progress
+from rich.console import Console
 from rich.table import Table
 
 from visalign.eval.geneval_layout import load_image, read_folder
+from visalign.eval.pass_rate import mean_over_tags, tag_groups, tag_means
+from visalign.report.progress import task_progress
 from visalign.worlds.shapes.verifier import verify_batch
 from visalign.worlds.shapes.vocab import TAGS
 
@@ -26,19 +28,15 @@ _BATCH = 256
 
 def summarise(rows: list[dict]) -> dict:
     """Aggregate per-image rows (each with 'tag', 'correct', 'score') into the results dict."""
-    per_tag: dict[str, list[dict]] = {}
-    for row in rows:
-        per_tag.setdefault(row["tag"], []).append(row)
-    order = [t for t in TAGS if t in per_tag]
-    acc = {t: sum(r["correct"] for r in per_tag[t]) / len(per_tag[t]) for t in order}
-    soft = {t: sum(r["score"] for r in per_tag[t]) / len(per_tag[t]) for t in order}
+    groups = tag_groups([row["tag"] for row in rows], TAGS)
+    per_tag = tag_means([row["correct"] for row in rows], groups)
     return {
-        "overall": sum(acc.values()) / len(acc) if acc else 0.0,
-        "per_tag": acc,
-        "soft": sum(r["score"] for r in rows) / len(rows) if rows else 0.0,
-        "per_tag_soft": soft,
+        "overall": mean_over_tags(per_tag),
+        "per_tag": per_tag,
+        "soft": sum(row["score"] for row in rows) / len(rows) if rows else 0.0,
+        "per_tag_soft": tag_means([row["score"] for row in rows], groups),
         "n_images": len(rows),
-        "n_per_tag": {t: len(per_tag[t]) for t in order},
+        "n_per_tag": {tag: len(idx) for tag, idx in groups.items()},
         "images": rows,
     }
 
@@ -64,7 +62,9 @@ def score_folder(folder: str | Path, write: bool = True, progress: bool = False)
     folder = Path(folder)
     entries = [(index, md, path) for index, md, paths in read_folder(folder) for path in paths]
     rows: list[dict] = []
-    with Progress(disable=not progress, transient=True) as bar:
+    # on stdout: a transient bar leaves a newline behind where the console is no terminal, and stderr carries
+    # the one-line error of a bad folder
+    with task_progress(console=Console(), disable=not progress) as bar:
         task = bar.add_task("scoring", total=len(entries))
         for start in range(0, len(entries), _BATCH):
             chunk = entries[start : start + _BATCH]

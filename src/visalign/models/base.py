@@ -1,13 +1,20 @@
-"""The generator-adapter contract (DESIGN.md 3).
+"""The generator-adapter contract (docs/architecture.md, "Parts").
 
 A ``Generator`` wraps one diffusers pipeline and exposes exactly what the engine needs:
 
 * ``encode(prompts) -> Cond``: text conditioning, computed once per distinct prompt and cached;
 * ``predict(x, t_model, cond, guidance_scale)``: one network evaluation (classifier-free guidance is done here,
   identically in rollouts and in training);
-* ``decode(latents) -> images in [0, 1]``; ``init_noise(generators)``; ``schedule(num_steps)``;
+* ``decode(latents) -> images in [0, 1]`` and its inverse ``encode_images``; ``init_noise(generators)``;
+  ``schedule(num_steps)``; ``make_kernel(name, ...)`` and ``deterministic_kernel`` (the evaluation sampler);
+* the family's forward process, so that algorithms never branch on the family: ``noise_level_at(tau)`` (the
+  network time and coordinate of a noise level tau in [0, 1]), ``add_noise(x0, eps, c)``,
+  ``regression_target(x0, eps, c)`` (what the network is regressed on, and the weight that puts the squared error
+  in the network's own output space) and ``x0_from_output(x, out, c)`` (the one-step clean estimate);
 * ``trainable_parameters()``, a ``reference()`` context in which the policy acts as the frozen reference,
   ``trainable_state_dict`` / ``load_trainable_state_dict`` (checkpoints) and ``export`` (diffusers format).
+
+A new model family is one adapter file implementing these and one line in ``visalign.models``' registry.
 
 Fine-tuning is LoRA (peft; the reference is the policy with adapters disabled) or full (the reference is a
 frozen copy of the denoiser).
@@ -69,6 +76,7 @@ class Generator:
     """Base adapter. Subclasses set ``family`` and implement the pipeline-specific pieces."""
 
     family: str = ""
+    deterministic_kernel: str = ""  # the kernel of the family's deterministic sampler (evaluation)
 
     def __init__(self, pipeline: Any, device: str | torch.device = "cpu", negative_prompt: str = "") -> None:
         self.pipeline = pipeline
@@ -130,6 +138,41 @@ class Generator:
         raise NotImplementedError
 
     def make_kernel(self, name: str, noise_level: float, schedule: Schedule, noise_pool: int = 1):
+        raise NotImplementedError
+
+    def encode_images(self, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """Latents of ``images`` ([N, 3, H, W] in [0, 1]): the inverse of ``decode``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _vae_encode(self, images: torch.Tensor, batch_size: int, shift: float) -> torch.Tensor:
+        """(VAE posterior mean - shift) x scaling factor, ``batch_size`` images at a time (the mean, not a sample:
+        an image encodes the same way every time)."""
+        vae = self.pipeline.vae
+        out = []
+        for s in range(0, len(images), batch_size):
+            x = (images[s : s + batch_size] * 2 - 1).to(device=self.device, dtype=vae.dtype)
+            z = vae.encode(x).latent_dist.mode()
+            out.append((z.float() - shift) * vae.config.scaling_factor)
+        return torch.cat(out)
+
+    # ---- the family's forward process ------------------------------------------------------------------------
+    def noise_level_at(self, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(network time ``[B]``, kernel coordinate ``c`` ``[B]``) of noise levels ``tau`` in [0, 1]."""
+        raise NotImplementedError
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Clean latents ``x0`` noised with ``noise`` to the coordinates ``c`` ([B]), in float32."""
+        raise NotImplementedError
+
+    def regression_target(self, x0: torch.Tensor, noise: torch.Tensor,
+                          c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target, weight ``[B]``): what ``predict`` at ``add_noise(x0, noise, c)`` is regressed on, and the
+        squared-error weight that puts that regression in the network's own output space; float32."""
+        raise NotImplementedError
+
+    def x0_from_output(self, x: torch.Tensor, out: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The clean-latent estimate from one ``predict`` output ``out`` at ``x`` (coordinates ``c``), float32."""
         raise NotImplementedError
 
     # ---- shared behaviour -----------------------------------------------------------------------------------

@@ -16,10 +16,12 @@ from visalign.models import lora as lora_utils
 from visalign.models._safetensors import canonicalize
 from visalign.models.base import Generator, Schedule
 from visalign.sampling import Kernel, build_kernel
+from visalign.sampling.base import per_sample
 
 
 class DiffusionGenerator(Generator):
     family = "diffusion"
+    deterministic_kernel = "ddim"
     denoiser_component = "unet"
 
     def __init__(self, pipeline: Any, device="cpu", negative_prompt: str = "", resolution: int | None = None,
@@ -45,6 +47,40 @@ class DiffusionGenerator(Generator):
         images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
+    def encode_images(self, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """The VAE posterior mean times the scaling factor (the inverse of ``decode``)."""
+        return self._vae_encode(images, batch_size, shift=0.0)
+
+    # ---- the forward process: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps over the DDPM steps ----------------
+    def noise_level_at(self, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The DDPM step t = min(floor(tau T), T - 1) and its abar_t."""
+        scheduler = self.pipeline.scheduler
+        num_train = int(scheduler.config.num_train_timesteps)
+        step = torch.clamp((tau * num_train).floor(), 0, num_train - 1)
+        return step, scheduler.alphas_cumprod.float()[step.long()]
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        c = per_sample(c.float(), x0)
+        return c.sqrt() * x0.float() + (1 - c).sqrt() * noise.float()
+
+    def regression_target(self, x0: torch.Tensor, noise: torch.Tensor,
+                          c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the UNet predicts: eps, v = sqrt(abar) eps - sqrt(1 - abar) x_0, or x_0; unweighted."""
+        a = per_sample(c.float(), x0)
+        if self.prediction_type == "epsilon":
+            target = noise.float()
+        elif self.prediction_type == "v_prediction":
+            target = a.sqrt() * noise.float() - (1 - a).sqrt() * x0.float()
+        elif self.prediction_type == "sample":
+            target = x0.float()
+        else:
+            raise ValueError(f"forward-process training does not support prediction_type '{self.prediction_type}'")
+        return target, torch.ones(x0.shape[0], device=x0.device)
+
+    def x0_from_output(self, x: torch.Tensor, out: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The DDIM estimate of x_0 (clipped as the scheduler clips it)."""
+        return self.make_kernel("ddim", 0.0, None).x0_eps(x, out, c)[0]
+
     def _ddim(self):
         from diffusers import DDIMScheduler
 
@@ -60,7 +96,7 @@ class DiffusionGenerator(Generator):
         c_next = torch.where(prev >= 0, ab[prev.clamp_min(0)], torch.full_like(ab[ts], final))
         return Schedule(t_model=ts.float(), c=ab[ts].clone(), c_next=c_next)
 
-    def make_kernel(self, name: str, noise_level: float, schedule: Schedule, noise_pool: int = 1) -> Kernel:
+    def make_kernel(self, name: str, noise_level: float, schedule: Schedule | None, noise_pool: int = 1) -> Kernel:
         if name not in ("ddim",):
             from visalign.errors import UserError
 

@@ -24,10 +24,12 @@ from visalign.models import lora as lora_utils
 from visalign.models._safetensors import canonicalize
 from visalign.models.base import Generator, Schedule
 from visalign.sampling import Kernel, build_kernel
+from visalign.sampling.base import per_sample
 
 
 class FlowGenerator(Generator):
     family = "flow"
+    deterministic_kernel = "ode"
     denoiser_component = "transformer"
 
     def __init__(self, pipeline: Any, device="cpu", negative_prompt: str = "", max_sequence_length: int | None = None,
@@ -85,6 +87,34 @@ class FlowGenerator(Generator):
         z = latents.to(vae.dtype) / vae.config.scaling_factor + shift
         images = vae.decode(z, return_dict=False)[0]
         return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def encode_images(self, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """(VAE posterior mean - shift) x scale, SD3's convention (the inverse of ``decode``)."""
+        shift = getattr(self.pipeline.vae.config, "shift_factor", None) or 0.0
+        return self._vae_encode(images, batch_size, shift)
+
+    # ---- the forward process: x_sigma = (1 - sigma) x_0 + sigma eps, network time sigma T -----------------------
+    def noise_level_at(self, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tau * int(self.pipeline.scheduler.config.num_train_timesteps), tau
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        c = per_sample(c.float(), x0)
+        return (1 - c) * x0.float() + c * noise.float()
+
+    def regression_target(self, x0: torch.Tensor, noise: torch.Tensor,
+                          c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The velocity eps - x_0 (the adapter always hands out a velocity). For a transformer that predicts x_0 the
+        weight is sigma^2: v_hat - v = (x_0 - x0_hat) / sigma, so sigma^2 ||v_hat - v||^2 = ||x0_hat - x_0||^2,
+        its pretraining loss; unweighted, the 1 / sigma^2 would let the least-noised sample of a minibatch carry
+        nearly all of its gradient."""
+        target = noise.float() - x0.float()
+        if self.predicts_sample:
+            return target, c.float().to(x0.device) ** 2
+        return target, torch.ones(x0.shape[0], device=x0.device)
+
+    def x0_from_output(self, x: torch.Tensor, out: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """x - sigma v."""
+        return x.float() - per_sample(c.float(), x) * out.float()
 
     def schedule(self, num_steps):
         scheduler = copy.deepcopy(self.pipeline.scheduler)

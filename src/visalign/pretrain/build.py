@@ -1,11 +1,11 @@
-"""Random-init diffusers pipelines of the real SD3 / SD1.5 classes, sized by small spec dataclasses.
+"""Random-init diffusers pipelines of the real SD3 / SD1.5 classes, sized by the specs of ``spec.py``.
 
 ``build_flow_pipeline`` assembles a ``StableDiffusion3Pipeline`` (``SD3Transformer2DModel`` +
 ``FlowMatchEulerDiscreteScheduler`` + ``AutoencoderKL`` + two ``CLIPTextModelWithProjection`` + the offline
 word-level tokenizer, no T5); ``build_diffusion_pipeline`` a ``StableDiffusionPipeline``
 (``UNet2DConditionModel``, epsilon prediction + ``DDIMScheduler`` + ``AutoencoderKL`` + ``CLIPTextModel`` +
 the tokenizer). The default specs are tiny (about 0.1M parameters, built in well under a second) for unit
-tests; the shipped base models use the larger specs in ``configs/pretrain/*.yaml``.
+tests; the shipped base models use the larger sizes of ``configs/pretrain/*.yaml``.
 
 Sampling the flow pipeline needs ``max_sequence_length=spec.max_sequence_length`` (the number of zero T5
 tokens appended to the text context; 0 for our models, 256 is diffusers' default for real SD3).
@@ -13,7 +13,6 @@ tokens appended to the text context; 0 for our models, 256 is diffusers' default
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -30,90 +29,23 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from visalign.pretrain.locality import mimetic_qk_init, set_local_position_embedding
+from visalign.pretrain.spec import DiffusionSpec, FlowSpec, TextSpec, VAESpec
 from visalign.pretrain.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer, vocabulary
 
-
-@dataclass
-class VAESpec:
-    """``AutoencoderKL``: ``len(block_out_channels) - 1`` halvings from ``image_size`` to the latent grid."""
-
-    image_size: int = 64
-    block_out_channels: tuple[int, ...] = (8, 8, 8)
-    layers_per_block: int = 1
-    latent_channels: int = 4
-    norm_num_groups: int = 4
-    mid_block_add_attention: bool = False
-    scaling_factor: float = 1.0
-    shift_factor: float = 0.0  # SD3 pipelines need a number; SD1.5 pipelines ignore it
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
-
-    @property
-    def latent_size(self) -> int:
-        return self.image_size // self.downsample
-
-
-@dataclass
-class TextSpec:
-    """A CLIP text tower over the word-level tokenizer (``max_length`` tokens, ``<bos>``/``<eos>`` included)."""
-
-    hidden_size: int = 16
-    num_layers: int = 2
-    num_heads: int = 2
-    intermediate_size: int = 32
-    projection_dim: int = 16
-    max_length: int = 16
-    words: tuple[str, ...] | None = None  # the full vocabulary; None: tokenizer.vocabulary()
-
-
-@dataclass
-class FlowSpec:
-    """An SD3-class flow-matching pipeline."""
-
-    vae: VAESpec = field(default_factory=VAESpec)
-    text: TextSpec = field(default_factory=TextSpec)
-    patch_size: int = 2
-    num_layers: int = 1
-    num_heads: int = 2
-    head_dim: int = 8
-    shift: float = 1.0
-    max_sequence_length: int = 0
-    init: str = (
-        "default"  # "dit": DiT's init (xavier linears, zero adaLN modulation and output) for pretraining
-    )
-    qk_norm: str | None = None  # "rms_norm" as in SD3.5
-    prediction: str = "velocity"  # or "sample" (x0), sampled by a first-order flow DPM-Solver
-    # "local": a Gaussian-kernel grid (pretrain/locality.py); "learned": the sincos grid becomes a trainable
-    # parameter for pretraining. Both are saved under SD3's persistent pos_embed buffer: the stock class loads them
-    pos_embed: str = "sincos"
-
-
-@dataclass
-class DiffusionSpec:
-    """An SD1.5-class pipeline (epsilon or v prediction)."""
-
-    vae: VAESpec = field(default_factory=VAESpec)
-    text: TextSpec = field(default_factory=TextSpec)
-    block_out_channels: tuple[int, ...] = (8, 16)
-    layers_per_block: int = 1
-    attention_head_dim: int = 4
-    norm_num_groups: int = 4
-    cross_attention_levels: tuple[bool, ...] = (True, False)
-    only_cross_attention_levels: tuple[bool, ...] | None = None
-    addition_embed_type: str | None = None
-    addition_embed_type_num_heads: int = 4
-    beta_schedule: str = "scaled_linear"
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    prediction_type: str = "epsilon"
-    rescale_betas_zero_snr: bool = False
-
-
-def spec_to_dict(spec: FlowSpec | DiffusionSpec) -> dict:
-    """A JSON-friendly copy of a spec (tuples become lists)."""
-    return asdict(spec)
+# the specs are part of this module's interface: callers build with ``build_flow_pipeline(FlowSpec(...))``
+__all__ = [
+    "DiffusionSpec",
+    "FlowSpec",
+    "TextSpec",
+    "VAESpec",
+    "build_diffusion_pipeline",
+    "build_flow_pipeline",
+    "build_vae",
+    "count_parameters",
+    "dit_init",
+    "flow_scheduler",
+    "parameter_counts",
+]
 
 
 def build_vae(spec: VAESpec) -> AutoencoderKL:
@@ -232,10 +164,7 @@ def build_flow_pipeline(spec: FlowSpec | None = None, seed: int = 0) -> StableDi
         text_encoder_3=None,
         tokenizer_3=None,
     )
-    pipe.set_progress_bar_config(disable=True)
-    for module in (transformer, vae, text_encoder, text_encoder_2):
-        module.eval()
-    return pipe
+    return _ready(pipe)
 
 
 def flow_scheduler(prediction: str, shift: float) -> Any:
@@ -308,12 +237,23 @@ def build_diffusion_pipeline(spec: DiffusionSpec | None = None, seed: int = 0) -
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    return _ready(pipe)
+
+
+def _ready(pipe: Any) -> Any:
+    """A built pipeline as the library samples it: no progress bars, every model in eval mode."""
     pipe.set_progress_bar_config(disable=True)
-    for module in (unet, vae, text_encoder):
-        module.eval()
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
     return pipe
 
 
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of parameters of a module."""
     return sum(p.numel() for p in module.parameters())
+
+
+def parameter_counts(pipe: Any) -> dict[str, int]:
+    """The number of parameters of each model of a pipeline, by component name."""
+    return {name: count_parameters(m) for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}

@@ -1,17 +1,19 @@
 """The model card (README.md) and contact sheet written into a pretrained model folder.
 
 Every number in the card is read from the run directory (``visalign.json``, ``vae/vae_report.json``,
-``eval.jsonl``) or measured here (the final test-split evaluation), so a card cannot drift from its model.
+``eval.jsonl``) or measured by the final test-split evaluation (``evaluation.py``), so a card cannot drift from
+its model.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from visalign.jsonl import read_log
 from visalign.pretrain.config import PretrainConfig
-from visalign.pretrain.generate import generate, image_seed, pipeline_kwargs
 
 CONTACT_SHEET = "contact_sheet.png"
 BAND = (0.30, 0.70)  # the quality band a base model should land in (room for RL, signal to learn from)
@@ -39,34 +41,6 @@ def _mixture(cfg: PretrainConfig) -> str:
     if not cfg.vae.train_mixture and (tr.tag_weights or tr.text_lengths):
         text += "; the autoencoder's scenes at even odds over every tag and number length"
     return text
-
-
-def sample_test_split(
-    pipe: Any, cfg: PretrainConfig, images_per_prompt: int, seed: int
-) -> tuple[Any, list[dict[str, Any]]]:
-    """Images of every test prompt with the configured sampler, seeded exactly as ``visalign sample`` seeds them."""
-    from visalign.worlds.shapes.prompts import load_split
-
-    items = load_split("test")
-    prompts = [m["prompt"] for m in items for _ in range(images_per_prompt)]
-    metas = [m for m in items for _ in range(images_per_prompt)]
-    seeds = [image_seed(seed, p, k) for p in range(len(items)) for k in range(images_per_prompt)]
-    kwargs = pipeline_kwargs(cfg.family, cfg.sample.steps, cfg.sample.guidance, 0)
-    return generate(pipe, prompts, seeds, kwargs, batch_size=cfg.sample.batch_size), metas
-
-
-def final_evaluation(
-    pipe: Any, cfg: PretrainConfig, images_per_prompt: int = 4, seed: int = 0
-) -> dict[str, Any]:
-    """Test split, ``images_per_prompt`` per prompt, the card's sampler: images and ShapesBench results.
-
-    The images are exactly those ``visalign sample --split test --images-per-prompt K --seed S`` writes.
-    """
-    from visalign.eval.shapesbench import score_images
-
-    images, metas = sample_test_split(pipe, cfg, images_per_prompt, seed)
-    results = score_images(list(images), metas)
-    return {"images": images, "metadata": metas, "results": results, "images_per_prompt": images_per_prompt}
 
 
 def contact_sheet(evaluation: dict[str, Any], path: Path, per_tag: int = 2) -> Path:
@@ -109,73 +83,128 @@ def _scheduler_detail(scheduler_cls: str, cfg: PretrainConfig) -> str:
     return ""  # a scheduler the pretraining recipes do not write: its config says the rest
 
 
+@dataclass
+class _Records:
+    """What the card reads from the model folder and the run directory."""
+
+    info: dict[str, Any]  # the folder's visalign.json
+    vae_report: dict[str, Any]  # run_dir/vae/vae_report.json ({} without one)
+    history: list[dict[str, Any]]  # run_dir/eval.jsonl up to the folder's step
+    scheduler_cls: str
+    size_mb: float
+
+    @classmethod
+    def read(cls, model_dir: Path, run_dir: Path) -> _Records:
+        info = json.loads((model_dir / "visalign.json").read_text())
+        vae_report_file = run_dir / "vae" / "vae_report.json"
+        history = read_log(run_dir / "eval.jsonl")
+        scheduler = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+        return cls(
+            info=info,
+            vae_report=json.loads(vae_report_file.read_text()) if vae_report_file.is_file() else {},
+            history=[h for h in history if h["step"] <= info["training"]["denoiser_steps"]],
+            scheduler_cls=scheduler,
+            size_mb=sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 1e6,
+        )
+
+
 def write_card(
     model_dir: Path, run_dir: Path, cfg: PretrainConfig, evaluation: dict[str, Any], name: str
 ) -> Path:
     """Write ``model_dir/README.md`` (and ``final_eval.json``) from the run's records and ``evaluation``."""
-    info = json.loads((model_dir / "visalign.json").read_text())
-    vae_report_file = run_dir / "vae" / "vae_report.json"
-    vae_report = json.loads(vae_report_file.read_text()) if vae_report_file.is_file() else {}
-    history_file = run_dir / "eval.jsonl"
-    history = (
-        [json.loads(ln) for ln in history_file.read_text().splitlines()] if history_file.is_file() else []
-    )
-    history = [h for h in history if h["step"] <= info["training"]["denoiser_steps"]]
-    res = evaluation["results"]
-    per_tag: dict[str, Any] = res.get("per_tag", {})
-    params: dict[str, int] = info["parameters"]
-    total = sum(params.values())
-    sampler = info["sampler"]
-    size_mb = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 1e6
-    flow = cfg.family == "flow"
-    scheduler_cls = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
-    pipeline_cls = "StableDiffusion3Pipeline" if flow else "StableDiffusionPipeline"
-    denoiser = "SD3Transformer2DModel" if flow else "UNet2DConditionModel"
+    records = _Records.read(model_dir, run_dir)
     lines = [
+        *_introduction(cfg, name, records.info["sampler"]),
+        *_sampler(cfg, records),
+        *_scores(cfg, evaluation, name, records.history),
+        *_architecture(cfg, records),
+        *_training(cfg, records),
+        *_reproduce(cfg),
+    ]
+    (model_dir / "README.md").write_text("\n".join(lines))
+    summary = {k: v for k, v in evaluation["results"].items() if k != "images"}
+    (model_dir / FINAL_EVAL).write_text(
+        json.dumps(
+            {
+                "images_per_prompt": evaluation["images_per_prompt"],
+                "seed": 0,
+                "sampler": records.info["sampler"],
+                **summary,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return model_dir / "README.md"
+
+
+def _denoiser_class(cfg: PretrainConfig) -> str:
+    return "SD3Transformer2DModel" if cfg.family == "flow" else "UNet2DConditionModel"
+
+
+def _introduction(cfg: PretrainConfig, name: str, sampler: dict[str, Any]) -> list[str]:
+    """The title, what the model is, and how to load it."""
+    flow = cfg.family == "flow"
+    what = (
+        "A tiny flow-matching text-to-image model built from Stable Diffusion 3's classes"
+        if flow
+        else f"A tiny {_PREDICTION_WORDS[cfg.diffusion.prediction_type]} diffusion model built from Stable "
+        "Diffusion 1.5's classes"
+    )
+    diffusers_alone = (
+        f"`StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None, tokenizer_3=None)` and "
+        f"`pipe(prompt, max_sequence_length={sampler.get('max_sequence_length', 0)}, ...)` "
+        "(the text context is the two CLIP towers' tokens only; no T5 padding)."
+        if flow
+        else "`StableDiffusionPipeline.from_pretrained(path)`."
+    )
+    pipeline_cls = "StableDiffusion3Pipeline" if flow else "StableDiffusionPipeline"
+    return [
         f"# {name}",
         "",
-        (
-            "A tiny flow-matching text-to-image model built from Stable Diffusion 3's classes"
-            if flow
-            else f"A tiny {_PREDICTION_WORDS[cfg.diffusion.prediction_type]} diffusion model built from Stable "
-            "Diffusion 1.5's classes"
-        )
-        + ", pretrained on ShapesWorld and deliberately imperfect: the base model for RL post-training.",
+        what + ", pretrained on ShapesWorld and deliberately imperfect: the base model for RL post-training.",
         "",
         "```python",
         "from visalign.models.loading import load_pipeline",
         f'family, pipe = load_pipeline("{name}")  # {pipeline_cls}',
         "```",
         "",
-        "or with diffusers alone: "
-        + (
-            f"`StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None, tokenizer_3=None)` and "
-            f"`pipe(prompt, max_sequence_length={sampler.get('max_sequence_length', 0)}, ...)` "
-            "(the text context is the two CLIP towers' tokens only; no T5 padding)."
-            if flow
-            else "`StableDiffusionPipeline.from_pretrained(path)`."
-        ),
+        "or with diffusers alone: " + diffusers_alone,
         "",
+    ]
+
+
+def _sampler(cfg: PretrainConfig, records: _Records) -> list[str]:
+    sampler = records.info["sampler"]
+    return [
         "## Sampler (the settings every score below uses)",
         "",
-        f"- scheduler: `{scheduler_cls}`" + _scheduler_detail(scheduler_cls, cfg),
+        f"- scheduler: `{records.scheduler_cls}`" + _scheduler_detail(records.scheduler_cls, cfg),
         f"- steps: {sampler['num_inference_steps']}, guidance scale: {sampler['guidance_scale']}"
         + (" (no classifier-free guidance)" if sampler["guidance_scale"] <= 1 else ""),
         f"- image size: {cfg.image_size} x {cfg.image_size}",
         "",
+    ]
+
+
+def _scores(cfg: PretrainConfig, evaluation: dict[str, Any], name: str, history: list[dict[str, Any]]) -> list[str]:
+    """The final evaluation's table, the target band, the contact sheet and the score during training."""
+    res = evaluation["results"]
+    per_tag: dict[str, Any] = res.get("per_tag", {})
+    k = evaluation["images_per_prompt"]
+    lines = [
         "## ShapesBench (held-out test split)",
         "",
-        f"{len(res.get('images', []))} images: 70 test prompts x {evaluation['images_per_prompt']} images, seed 0 "
+        f"{len(res.get('images', []))} images: 70 test prompts x {k} images, seed 0 "
         "(`visalign sample --model "
-        f"{name} --split test --images-per-prompt {evaluation['images_per_prompt']} --seed 0 --out DIR` "
+        f"{name} --split test --images-per-prompt {k} --seed 0 --out DIR` "
         "then `visalign eval DIR`).",
         "",
         "| tag | strict | soft |",
         "|---|---|---|",
     ]
     soft_tag = res.get("per_tag_soft", {})
-    for tag, acc in per_tag.items():
-        lines.append(f"| {tag} | {_fmt(acc)} | {_fmt(soft_tag.get(tag))} |")
+    lines += [f"| {tag} | {_fmt(acc)} | {_fmt(soft_tag.get(tag))} |" for tag, acc in per_tag.items()]
     lines += [f"| **overall** | **{_fmt(res['overall'])}** | {_fmt(res.get('soft'))} |", ""]
     zero = [tag for tag, acc in per_tag.items() if acc <= 0]
     in_band = BAND[0] <= res["overall"] <= BAND[1] and not zero
@@ -189,12 +218,9 @@ def write_card(
             "training below shows whether more steps were still paying."
         ),
         "",
-    ]
-    lines += [
         f"![contact sheet]({CONTACT_SHEET})",
         "",
-        "Contact sheet: two test prompts per tag, "
-        f"{evaluation['images_per_prompt']} images each; [ok] / [x] is the verifier's strict verdict.",
+        f"Contact sheet: two test prompts per tag, {k} images each; [ok] / [x] is the verifier's strict verdict.",
         "",
     ]
     if history:
@@ -208,50 +234,69 @@ def write_card(
         ]
         lines += [f"| {h['step']} | {_fmt(h['overall'])} |" for h in history]
         lines.append("")
-    lines += ["## Architecture", "", "| component | class | parameters |", "|---|---|---|"]
+    return lines
+
+
+def _architecture(cfg: PretrainConfig, records: _Records) -> list[str]:
+    """Each component's class and size, then a line per component."""
+    flow = cfg.family == "flow"
+    params: dict[str, int] = records.info["parameters"]
     classes = {
-        "transformer": denoiser,
-        "unet": denoiser,
+        "transformer": _denoiser_class(cfg),
+        "unet": _denoiser_class(cfg),
         "vae": "AutoencoderKL",
         "text_encoder": "CLIPTextModelWithProjection" if flow else "CLIPTextModel",
         "text_encoder_2": "CLIPTextModelWithProjection",
     }
-    for comp, n in params.items():
-        lines.append(f"| {comp} | `{classes.get(comp, comp)}` | {n:,} |")
-    lines += [f"| total | | {total:,} |", ""]
-    v = cfg.vae
+    lines = ["## Architecture", "", "| component | class | parameters |", "|---|---|---|"]
+    lines += [f"| {comp} | `{classes.get(comp, comp)}` | {n:,} |" for comp, n in params.items()]
+    lines += [f"| total | | {sum(params.values()):,} |", ""]
+    v, vae_report = cfg.vae, records.vae_report
     latent = cfg.image_size // 2 ** (len(v.block_out_channels) - 1)
     lines.append(
         f"- VAE: {cfg.image_size}x{cfg.image_size}x3 -> {latent}x{latent}x{v.latent_channels}, "
         f"block channels {v.block_out_channels}, scaling factor {vae_report.get('scaling_factor', 0):.4f}, "
         f"shift factor {vae_report.get('shift_factor', 0):.4f}."
     )
-    if flow:
-        f = cfg.flow
-        tokens = (latent // f.patch_size) ** 2
-        lines.append(
-            f"- Transformer: {f.num_layers} joint blocks, width {f.num_heads * f.head_dim} ({f.num_heads} heads x "
-            f"{f.head_dim}), patch {f.patch_size}: {tokens} image tokens + {cfg.text.max_length} text tokens; "
-            + ("predicts x0 (DPMSolverMultistepScheduler over flow sigmas, first order)." if f.prediction == "sample"
-               else "predicts the velocity (FlowMatchEulerDiscreteScheduler).")
-        )
-    else:
-        d = cfg.diffusion
-        lines.append(
-            f"- UNet: channels {d.block_out_channels}, cross-attention at levels {d.cross_attention_levels}, "
-            f"{d.layers_per_block} layer(s) per block; DDPM schedule {d.beta_schedule} "
-            f"[{d.beta_start}, {d.beta_end}], {_PREDICTION_WORDS[d.prediction_type]}"
-            + (", zero terminal SNR." if d.rescale_betas_zero_snr else ".")
-        )
+    lines.append(_transformer_line(cfg, latent) if flow else _unet_line(cfg))
     t = cfg.text
     towers = "two CLIP text towers" if flow else "a CLIP text tower"
-    lines += [
+    return lines + [
         f"- Text: {towers} (hidden {t.hidden_size}, {t.num_layers} layers, projection {t.projection_dim}) over a "
         f"word-level tokenizer ({t.max_length} tokens, digits split), "
         + ("trained jointly with the denoiser." if t.train else "kept frozen at their random init."),
-        f"- Stored in {'float16' if cfg.export.half else 'float32'}; folder size {size_mb:.2f} MB. "
+        f"- Stored in {'float16' if cfg.export.half else 'float32'}; folder size {records.size_mb:.2f} MB. "
         "Loads into float32 with `load_pipeline(..., torch_dtype=torch.float32)`.",
         "",
+    ]
+
+
+def _transformer_line(cfg: PretrainConfig, latent: int) -> str:
+    f = cfg.flow
+    tokens = (latent // f.patch_size) ** 2
+    return (
+        f"- Transformer: {f.num_layers} joint blocks, width {f.num_heads * f.head_dim} ({f.num_heads} heads x "
+        f"{f.head_dim}), patch {f.patch_size}: {tokens} image tokens + {cfg.text.max_length} text tokens; "
+        + ("predicts x0 (DPMSolverMultistepScheduler over flow sigmas, first order)." if f.prediction == "sample"
+           else "predicts the velocity (FlowMatchEulerDiscreteScheduler).")
+    )  # fmt: skip
+
+
+def _unet_line(cfg: PretrainConfig) -> str:
+    d = cfg.diffusion
+    return (
+        f"- UNet: channels {d.block_out_channels}, cross-attention at levels {d.cross_attention_levels}, "
+        f"{d.layers_per_block} layer(s) per block; DDPM schedule {d.beta_schedule} "
+        f"[{d.beta_start}, {d.beta_end}], {_PREDICTION_WORDS[d.prediction_type]}"
+        + (", zero terminal SNR." if d.rescale_betas_zero_snr else ".")
+    )
+
+
+def _training(cfg: PretrainConfig, records: _Records) -> list[str]:
+    """The data, both stages' steps / batch / rate / wall time, stage 2's details and the autoencoder's report."""
+    v, t, tr, vae_report = cfg.vae, cfg.text, cfg.train, records.vae_report
+    training = records.info["training"]
+    lines = [
         "## Training",
         "",
         "Data: ShapesWorld train split only, rendered on the fly at "
@@ -265,45 +310,54 @@ def write_card(
         + (f"; decoder on latents + {v.latent_noise} x std noise" if v.latent_noise else "")
         + f") | {vae_report.get('steps', '-')} | {v.batch_size} | {v.lr} | "
         f"{vae_report.get('wall_s', 0) / 60:.1f} min |",
-        f"| 2: {denoiser}{' + text encoders' if t.train else ''} | {info['training']['denoiser_steps']} | "
-        f"{cfg.train.batch_size} | {cfg.train.lr} | {info['training']['denoiser_wall_s'] / 60:.1f} min |",
+        f"| 2: {_denoiser_class(cfg)}{' + text encoders' if t.train else ''} | {training['denoiser_steps']} | "
+        f"{tr.batch_size} | {tr.lr} | {training['denoiser_wall_s'] / 60:.1f} min |",
         "",
-        f"Stage 2 details: AdamW, {cfg.train.warmup}-step warm-up then constant learning rate"
-        + (f" (linear decay to 0 over the last {cfg.train.decay_steps} steps)" if cfg.train.decay_steps else "")
+        f"Stage 2 details: AdamW, {tr.warmup}-step warm-up then constant learning rate"
+        + (f" (linear decay to 0 over the last {tr.decay_steps} steps)" if tr.decay_steps else "")
         + ", gradient clip "
-        f"{cfg.train.grad_clip}, EMA {cfg.train.ema_decay} (the shipped weights), prompt dropout "
-        f"{cfg.train.prompt_dropout} (empty prompt)"
+        f"{tr.grad_clip}, EMA {tr.ema_decay} (the shipped weights), prompt dropout "
+        f"{tr.prompt_dropout} (empty prompt)"
         + (
             f", {cfg.flow.timestep_sampling.replace('_', '-')} sigma sampling."
-            if flow
+            if cfg.family == "flow"
             else ", uniform timesteps."
         ),
         f"Wall times as the run measured them on a 2-core x86 CPU (other jobs may have shared it), {cfg.threads} "
         f"torch thread(s) for training, {cfg.data_workers} data worker process(es) rendering and encoding batches.",
         "",
     ]
-    if flow and cfg.flow.teacher:
+    if cfg.family == "flow" and cfg.flow.teacher:
         lines += [
             f"Distilled: the clean latent in the target is the x0 estimate of the diffusion model "
             f"`{cfg.flow.teacher}` at the same noise-to-signal ratio (`pretrain/teacher.py`), not the data sample, "
             "wherever the teacher's schedule reaches sigma; the data elsewhere.",
             "",
         ]
-    if vae_report:
-        if vae_report.get("init_from"):
-            lines += [
-                f"The autoencoder was reused from `{vae_report['init_from']}` (the same stage-1 recipe and seed; its "
-                "steps and wall time are shown above) with this family's scaling factor.",
-                "",
-            ]
+    return lines + _autoencoder_report(vae_report)
+
+
+def _autoencoder_report(vae_report: dict[str, Any]) -> list[str]:
+    if not vae_report:
+        return []
+    lines = []
+    if vae_report.get("init_from"):
         lines += [
-            "VAE reconstructions of test-split scenes (70 prompts x 2 scenes): "
-            f"PSNR {vae_report.get('recon_psnr_db', 0):.1f} dB; verifier strict score "
-            f"{_fmt(vae_report.get('recon_strict_overall'))} on reconstructions vs "
-            f"{_fmt(vae_report.get('render_strict_overall'))} on the renders themselves.",
+            f"The autoencoder was reused from `{vae_report['init_from']}` (the same stage-1 recipe and seed; its "
+            "steps and wall time are shown above) with this family's scaling factor.",
             "",
         ]
-    lines += [
+    return lines + [
+        "VAE reconstructions of test-split scenes (70 prompts x 2 scenes): "
+        f"PSNR {vae_report.get('recon_psnr_db', 0):.1f} dB; verifier strict score "
+        f"{_fmt(vae_report.get('recon_strict_overall'))} on reconstructions vs "
+        f"{_fmt(vae_report.get('render_strict_overall'))} on the renders themselves.",
+        "",
+    ]
+
+
+def _reproduce(cfg: PretrainConfig) -> list[str]:
+    return [
         "## Reproduce",
         "",
         "```bash",
@@ -311,13 +365,3 @@ def write_card(
         "```",
         "",
     ]
-    (model_dir / "README.md").write_text("\n".join(lines))
-    summary = {k: v for k, v in res.items() if k != "images"}
-    (model_dir / FINAL_EVAL).write_text(
-        json.dumps(
-            {"images_per_prompt": evaluation["images_per_prompt"], "seed": 0, "sampler": sampler, **summary},
-            indent=2,
-        )
-        + "\n"
-    )
-    return model_dir / "README.md"

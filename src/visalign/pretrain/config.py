@@ -2,8 +2,10 @@
 
 One file describes one shipped base model; ``visalign pretrain --config configs/pretrain/flow.yaml`` reproduces
 it. Only the section of the chosen ``family`` (``flow`` or ``diffusion``) is used; the other keeps its defaults.
-Sizes, steps and rates are bounded here (and floats are finite, ``StrictModel``) so that a mistyped value fails
-when the config loads, not after an hour of training.
+The ``vae``, ``text``, ``flow`` and ``diffusion`` sections extend the architectures of ``spec.py`` (where each
+size is defined, bounded and given its default) with the training settings of their stage. Sizes, steps and
+rates are bounded (and floats are finite, ``StrictModel``) so that a mistyped value fails when the config
+loads, not after an hour of training.
 """
 
 from __future__ import annotations
@@ -13,17 +15,23 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from visalign.config_io import StrictModel
-from visalign.pretrain.build import DiffusionSpec, FlowSpec, TextSpec, VAESpec
+from visalign.pretrain.spec import (
+    IMAGE_SIZE,
+    DiffusionArchitecture,
+    DiffusionSpec,
+    FlowArchitecture,
+    FlowSpec,
+    TextArchitecture,
+    TextSpec,
+    VAEArchitecture,
+    VAESpec,
+    architecture_of,
+)
 
 
-class VAEConfig(StrictModel):
+class VAEConfig(VAEArchitecture):
     """Stage 1: an ``AutoencoderKL`` trained on rendered train-split scenes (L1 + MSE + small KL)."""
 
-    block_out_channels: list[int] = Field(default=[16, 32, 32], min_length=1)
-    layers_per_block: int = Field(default=1, ge=1)
-    latent_channels: int = Field(default=4, ge=1)
-    norm_num_groups: int = Field(default=8, ge=1)
-    mid_block_add_attention: bool = False
     steps: int = Field(default=1500, ge=0)
     batch_size: int = Field(default=32, ge=1)
     lr: float = Field(default=1e-3, gt=0)
@@ -44,30 +52,18 @@ class VAEConfig(StrictModel):
     latent_norm: Literal["scalar", "channel"] = "scalar"
 
 
-class TextConfig(StrictModel):
+class TextConfig(TextArchitecture):
     """The CLIP text tower(s) over the word-level tokenizer."""
 
-    hidden_size: int = Field(default=64, ge=1)
-    num_layers: int = Field(default=2, ge=1)
-    num_heads: int = Field(default=2, ge=1)
-    intermediate_size: int = Field(default=128, ge=1)
-    projection_dim: int = Field(default=64, ge=1)
-    max_length: int = Field(default=16, ge=1)
     train: bool = True  # trained jointly with the denoiser; false keeps the random init frozen
     # a pipeline folder or shipped alias whose text_encoder's CLIP transformer initialises every text tower here
     # (same sizes and vocabulary; a flow tower's text_projection stays random)
     init_from: str | None = None
 
 
-class FlowModelConfig(StrictModel):
-    """The ``SD3Transformer2DModel`` (inner width = num_heads * head_dim) and its flow-matching schedule."""
+class FlowModelConfig(FlowArchitecture):
+    """The flow transformer and how stage 2 trains it (noise levels, teacher, reflow, pixel loss)."""
 
-    patch_size: int = Field(default=2, ge=1)
-    num_layers: int = Field(default=4, ge=1)
-    num_heads: int = Field(default=3, ge=1)
-    head_dim: int = Field(default=32, ge=1)
-    shift: float = Field(default=1.0, gt=0)
-    init: Literal["default", "dit", "mimetic"] = "default"  # dit: zero adaLN / output; mimetic: pretrain/locality.py
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
     # SD3's logit-normal(m, s): sigma = sigmoid(m + s * n); m > 0 spends more updates at high noise
     logit_mean: float = 0.0
@@ -76,14 +72,6 @@ class FlowModelConfig(StrictModel):
     # while its sampler starts from pure noise: never trained on pure noise, the model is meant to read a scene
     # into the noise at the first step instead of predicting the average scene (0.93 did not help: docs/models.md)
     max_sigma: float = Field(default=1.0, gt=0, le=1)
-    qk_norm: Literal["none", "rms_norm"] = "none"  # SD3.5's RMS norm on queries and keys
-    # learned: the position embedding (SD3's persistent sincos buffer) is trained with the transformer
-    # local: rows whose Gram matrix is a Gaussian kernel over the token grid (pretrain/locality.py)
-    pos_embed: Literal["sincos", "local", "learned"] = "sincos"
-    # velocity: the transformer predicts v = eps - x0 (SD3; FlowMatchEulerDiscreteScheduler). sample: it predicts
-    # x0 and the folder's scheduler is DPMSolverMultistepScheduler(use_flow_sigmas, prediction_type="sample",
-    # first order), whose steps are the same Euler steps on the same straight path.
-    prediction: Literal["velocity", "sample"] = "velocity"
     # a diffusion pipeline (alias or folder) on the same autoencoder whose x0 estimate replaces the data in the
     # target (denoiser distillation, pretrain/teacher.py); null: plain flow matching on the data
     teacher: str | None = None
@@ -106,28 +94,8 @@ class FlowModelConfig(StrictModel):
         return self
 
 
-class DiffusionModelConfig(StrictModel):
-    """The ``UNet2DConditionModel`` and its DDPM noise schedule."""
-
-    block_out_channels: list[int] = Field(default=[32, 64, 64], min_length=1)
-    layers_per_block: int = Field(default=1, ge=1)
-    attention_head_dim: int = Field(default=8, ge=1)
-    norm_num_groups: int = Field(default=8, ge=1)
-    cross_attention_levels: list[bool] = [True, True, False]
-    # Per level: attend to the prompt only, without self-attention over the image (diffusers'
-    # ``only_cross_attention``); cheap enough for the 16x16 level, where self-attention is not.
-    only_cross_attention_levels: list[bool] | None = None
-    # "text": an attention-pooled prompt embedding is added to the timestep embedding, so every ResNet block
-    # sees the whole prompt (diffusers' ``addition_embed_type``, as in UnCLIP / Kandinsky's text path).
-    addition_embed_type: Literal["text"] | None = None
-    addition_embed_type_num_heads: int = Field(default=4, ge=1)
-    beta_schedule: str = "scaled_linear"
-    beta_start: float = Field(default=0.00085, gt=0, lt=1)
-    beta_end: float = Field(default=0.012, gt=0, lt=1)
-    # epsilon: SD1.5's target. v_prediction + rescale_betas_zero_snr (Lin et al. 2023): the training schedule
-    # ends at pure noise, where sampling starts; with SD1.5's schedule the last step still holds 6.8% signal.
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"  # sample: the UNet predicts x0
-    rescale_betas_zero_snr: bool = False
+class DiffusionModelConfig(DiffusionArchitecture):
+    """The ``UNet2DConditionModel`` and its DDPM noise schedule (``spec.py``)."""
 
 
 class TrainConfig(StrictModel):
@@ -219,7 +187,7 @@ class PretrainConfig(StrictModel):
     family: Literal["flow", "diffusion"] = "flow"
     seed: int = 0
     run_dir: str = "runs/pretrain"
-    image_size: int = Field(default=64, ge=1)
+    image_size: int = Field(default=IMAGE_SIZE, ge=1)
     threads: int = Field(default=2, ge=1)
     # Processes that render (and encode) the next batches on another core while this one trains (prefetch.py);
     # 0 does it in the training process. The weights come out the same either way.
@@ -250,63 +218,19 @@ class PretrainConfig(StrictModel):
 
 
 def vae_spec(cfg: PretrainConfig) -> VAESpec:
-    v = cfg.vae
-    return VAESpec(
-        image_size=cfg.image_size,
-        block_out_channels=tuple(v.block_out_channels),
-        layers_per_block=v.layers_per_block,
-        latent_channels=v.latent_channels,
-        norm_num_groups=v.norm_num_groups,
-        mid_block_add_attention=v.mid_block_add_attention,
-    )
+    """The stage-1 autoencoder's builder spec."""
+    return VAESpec(image_size=cfg.image_size, **architecture_of(cfg.vae, VAEArchitecture))
 
 
 def text_spec(cfg: PretrainConfig) -> TextSpec:
-    t = cfg.text
-    return TextSpec(
-        hidden_size=t.hidden_size,
-        num_layers=t.num_layers,
-        num_heads=t.num_heads,
-        intermediate_size=t.intermediate_size,
-        projection_dim=t.projection_dim,
-        max_length=t.max_length,
-    )
+    """The text towers' builder spec (the tokenizer's own vocabulary)."""
+    return TextSpec(**architecture_of(cfg.text, TextArchitecture))
 
 
 def model_spec(cfg: PretrainConfig) -> FlowSpec | DiffusionSpec:
     """The builder spec of the configured family."""
     if cfg.family == "flow":
-        f = cfg.flow
-        return FlowSpec(
-            vae=vae_spec(cfg),
-            text=text_spec(cfg),
-            patch_size=f.patch_size,
-            num_layers=f.num_layers,
-            num_heads=f.num_heads,
-            head_dim=f.head_dim,
-            shift=f.shift,
-            init=f.init,
-            qk_norm=None if f.qk_norm == "none" else f.qk_norm,
-            pos_embed=f.pos_embed,
-            prediction=f.prediction,
-        )
-    d = cfg.diffusion
+        return FlowSpec(vae=vae_spec(cfg), text=text_spec(cfg), **architecture_of(cfg.flow, FlowArchitecture))
     return DiffusionSpec(
-        vae=vae_spec(cfg),
-        text=text_spec(cfg),
-        block_out_channels=tuple(d.block_out_channels),
-        layers_per_block=d.layers_per_block,
-        attention_head_dim=d.attention_head_dim,
-        norm_num_groups=d.norm_num_groups,
-        cross_attention_levels=tuple(d.cross_attention_levels),
-        only_cross_attention_levels=(
-            None if d.only_cross_attention_levels is None else tuple(d.only_cross_attention_levels)
-        ),
-        addition_embed_type=d.addition_embed_type,
-        addition_embed_type_num_heads=d.addition_embed_type_num_heads,
-        beta_schedule=d.beta_schedule,
-        beta_start=d.beta_start,
-        beta_end=d.beta_end,
-        prediction_type=d.prediction_type,
-        rescale_betas_zero_snr=d.rescale_betas_zero_snr,
+        vae=vae_spec(cfg), text=text_spec(cfg), **architecture_of(cfg.diffusion, DiffusionArchitecture)
     )

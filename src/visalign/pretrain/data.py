@@ -8,9 +8,15 @@ the batches an uninterrupted run would have seen, without storing any sampler st
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from visalign.seeding import numpy_rng
+
+if TYPE_CHECKING:
+    from visalign.pretrain.config import PretrainConfig
 
 STAGE_IDS = {"vae": 1, "denoiser": 2, "stats": 3, "reflow": 4}
 
@@ -65,7 +71,7 @@ class ShapesData:
             ]
 
     def rng(self, stage: str, step: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, STAGE_IDS[stage], step])
+        return numpy_rng(self.seed, STAGE_IDS[stage], step)
 
     def _pick_tag(self, rng: np.random.Generator) -> str:
         tags = list(self.by_tag)
@@ -104,3 +110,16 @@ class ShapesData:
         tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         prompts = ["" if d else m["prompt"] for m, d in zip(metadata, drop, strict=True)]
         return Batch(images=tensor.contiguous(), prompts=prompts, metadata=metadata)
+
+
+def stage_data(cfg: PretrainConfig, mixture: bool) -> ShapesData:
+    """The train-split scene stream; ``mixture`` applies ``train.tag_weights`` / ``train.text_lengths``."""
+    return ShapesData(
+        cfg.seed,
+        cfg.image_size,
+        tag_balanced=cfg.train.tag_balanced,
+        tags=cfg.train.tags,
+        tag_weights=cfg.train.tag_weights if mixture else None,
+        text_length_balanced=cfg.train.text_length_balanced,
+        text_lengths=cfg.train.text_lengths if mixture else None,
+    )

@@ -1,4 +1,4 @@
-"""Write a pipeline as a self-contained diffusers folder (optionally with float16 weights), atomically.
+"""Write a pipeline (or one model, such as the stage-1 autoencoder) as a self-contained diffusers folder, atomically.
 
 The folder is written next to its destination under a temporary name and renamed into place, so an
 interrupted export never leaves a half-written model where a loader would find it. Tokenizers are recorded
@@ -72,27 +72,15 @@ def _portable_tokenizers(folder: Path) -> None:
     index_file.write_text(json.dumps(index, indent=2) + "\n")
 
 
-def save_pipeline(
-    pipe: Any,
-    out_dir: str | Path,
-    sampler: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-    half: bool = False,
-) -> Path:
-    """Save ``pipe`` to ``out_dir`` (replacing it) with ``visalign.json``; ``half`` stores float16 weights."""
-    out_dir = Path(out_dir)
+@contextlib.contextmanager
+def _replacing(out_dir: Path) -> Iterator[Path]:
+    """A private temporary folder beside ``out_dir`` to write into; it replaces ``out_dir`` when the block ends
+    without an error (and is removed when it does not)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is shared like any other
     try:
-        _forget_call_settings(pipe)
-        with torch.no_grad(), _quiet_saving():
-            pipe.save_pretrained(tmp, safe_serialization=True)
-        if half:
-            _to_half(tmp)
-        _portable_tokenizers(tmp)
-        info = {"sampler": dict(sampler or {}), **dict(extra or {})}
-        (tmp / SAMPLER_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        yield tmp
         old = out_dir.with_name(f".{out_dir.name}.old")
         if out_dir.exists():
             if old.exists():
@@ -104,4 +92,32 @@ def save_pipeline(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_pipeline(
+    pipe: Any,
+    out_dir: str | Path,
+    sampler: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Save ``pipe`` to ``out_dir`` (replacing it) with ``visalign.json``; ``half`` stores float16 weights."""
+    out_dir = Path(out_dir)
+    with _replacing(out_dir) as tmp:
+        _forget_call_settings(pipe)
+        with torch.no_grad(), _quiet_saving():
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        if half:
+            _to_half(tmp)
+        _portable_tokenizers(tmp)
+        info = {"sampler": dict(sampler or {}), **dict(extra or {})}
+        (tmp / SAMPLER_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return out_dir
+
+
+def save_module_folder(module: Any, out_dir: str | Path) -> Path:
+    """``module.save_pretrained`` into ``out_dir`` (replacing it), atomically."""
+    out_dir = Path(out_dir)
+    with _replacing(out_dir) as tmp:
+        module.save_pretrained(tmp)
     return out_dir

@@ -5,6 +5,8 @@ batch it is drawn in, so a folder of samples can be regenerated image by image w
 
     pipe(prompt, generator=torch.Generator().manual_seed(image_seed(s, p, k)), ...)
 
+where ``image_seed(s, p, k)`` is ``visalign.seeding.seed_from_ints(s, p, k)``.
+
 ``visalign sample``, the pretraining grids and evaluations, and the benchmarks all sample through here.
 """
 
@@ -16,10 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from visalign.seeding import seed_from_ints, torch_generators
+
 
 def image_seed(seed: int, prompt_index: int, image_index: int) -> int:
     """The noise seed of image ``image_index`` of prompt ``prompt_index`` in a run seeded ``seed``."""
-    return int(np.random.SeedSequence([seed, prompt_index, image_index]).generate_state(1)[0])
+    return seed_from_ints(seed, prompt_index, image_index)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -58,7 +62,7 @@ def generate(
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
+        gens = torch_generators(seeds[start : start + batch_size])
         images = pipe(prompt=chunk, generator=gens, output_type="np", **kwargs).images
         out.append(to_uint8(np.asarray(images)))
     if not out:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from diffusers import SD3Transformer2DModel
 
+from visalign.seeding import torch_generator
+
 
 def local_position_embedding(grid: int, width: int, length: float = 1.0, seed: int = 0) -> torch.Tensor:
     """A ``[grid * grid, width]`` embedding with ``E E^T = (width / 2) * K``, ``K`` the Gaussian kernel of the
@@ -33,7 +35,7 @@ def local_position_embedding(grid: int, width: int, length: float = 1.0, seed: i
     values, vectors = torch.linalg.eigh(kernel)
     factor = vectors * values.clamp_min(0).sqrt()  # factor @ factor.T == kernel
     n = grid * grid
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch_generator(seed)
     if width >= n:  # rotate the n coordinates into the model's width (orthonormal rows: the Gram is kept)
         rotation = torch.linalg.qr(torch.randn(width, n, generator=gen, dtype=torch.float64))[0].T
         embed = factor @ rotation
@@ -58,7 +60,7 @@ def mimetic_qk_init(
 ) -> None:
     """Image-stream ``to_q`` / ``to_k`` of every block: per head, ``W_q^T W_k`` = the top-``head_dim`` SVD part
     of ``alpha Z + beta I`` with ``Z ~ N(0, 1 / width)`` (biases zero)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch_generator(seed)
     for block in transformer.transformer_blocks:
         attn = block.attn
         width = attn.to_q.in_features

@@ -29,6 +29,7 @@ from visalign.errors import UserError
 from visalign.pretrain.checkpoint import load_checkpoint, save_checkpoint
 from visalign.pretrain.data import STAGE_IDS, ShapesData
 from visalign.pretrain.teacher import DiffusionTeacher
+from visalign.seeding import seed_from_ints, torch_generator
 
 REFLOW_STAGE = STAGE_IDS["reflow"]  # chunk k's noise is seeded apart from the other stages' streams
 
@@ -99,9 +100,7 @@ def load_or_generate_pairs(
                 f"{path}: made with other reflow settings (pairs, teacher steps or latent shape); use a new run_dir"
             )
         if state is None:
-            gen = torch.Generator().manual_seed(
-                int(np.random.SeedSequence([data.seed, REFLOW_STAGE, k]).generate_state(1)[0])
-            )
+            gen = torch_generator(seed_from_ints(data.seed, REFLOW_STAGE, k))
             noise = torch.randn((size, *latent_shape), generator=gen)
             chunk_prompts = [m["prompt"] for m in data.draw(data.rng("reflow", 1_000_000 + k), size)]
             state = {

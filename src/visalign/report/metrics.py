@@ -6,55 +6,26 @@ wandb is imported only when asked for; if it is missing the error says how to ge
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from visalign.errors import UserError
+from visalign.jsonl import append_jsonl, read_log, truncate_jsonl
+
+METRICS_LINE = "metrics line"  # what the messages about a bad line of metrics.jsonl call it
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a ``metrics.jsonl``. A torn last line (what a kill or a full disk leaves mid-write) is dropped:
     the run that wrote it never finished that iteration, and a resume logs it again. Any other line that is not a
     JSON object is a ``UserError`` naming the file and the line."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
-    lines = text.split("\n")
-    torn_tail = not text.endswith("\n")  # the last write did not complete
-    rows = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            if torn_tail and lineno == len(lines):
-                break
-            raise UserError(f"{path}:{lineno}: malformed metrics line ({err.msg} at column {err.colno})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
+    return read_log(path, METRICS_LINE)
 
 
 def truncate_metrics(path: str | Path, last_iteration: int) -> None:
     """Drop lines logged after ``last_iteration`` (a resumed run re-logs them) and a torn last line."""
-    path = Path(path)
-    rows = [r for r in read_metrics(path) if _iteration(r, path) <= last_iteration]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _iteration(row: dict[str, Any], path: Path) -> int:
-    value = row.get("iteration", 0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{path}: a metrics line has a non-numeric iteration ({value!r})")
-    return int(value)
+    truncate_jsonl(path, "iteration", last_iteration, METRICS_LINE)
 
 
 class MetricsLogger:
@@ -86,8 +57,7 @@ class MetricsLogger:
             return
         step = int(row.get("iteration", 0))
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(clean) + "\n")
+        append_jsonl(self.path, clean)
         scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "iteration"}
         if self._tb is not None:
             for k, v in scalars.items():

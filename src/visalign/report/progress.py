@@ -1,4 +1,9 @@
-"""A rich progress bar for training: iteration, reward, latest eval score, elapsed time and ETA."""
+"""The library's progress bars, all built here so that they look alike.
+
+* ``TrainProgress``: the training loop's bar (iteration, reward, latest eval score, elapsed time and ETA);
+* ``task_progress``: a bar for any other long job (pretraining stages, sampling, scoring, reward-model training):
+  the task's description, a bar, done / total, optional extra columns, elapsed time and ETA.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,18 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+
+def task_progress(
+    *extra: str, console: Console | None = None, transient: bool = True, disable: bool = False, eta: bool = True
+) -> Progress:
+    """A ``rich`` progress bar; each of ``extra`` is a column template (e.g. ``"{task.fields[info]}"``)."""
+    columns: list[Any] = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+    columns += [TextColumn(text) for text in extra]
+    columns.append(TimeElapsedColumn())
+    if eta:
+        columns.append(TimeRemainingColumn())
+    return Progress(*columns, console=console or Console(stderr=True), transient=transient, disable=disable)
 
 
 class TrainProgress:

@@ -1,4 +1,4 @@
-"""The reward contract (DESIGN.md section 3).
+"""The reward contract: what a reward is given and returns, its flags, its options and its checks.
 
 A reward sees only images, prompts and metadata:
 

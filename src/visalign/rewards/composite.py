@@ -1,12 +1,9 @@
-"""Several rewards at once: a weighted sum at the reward level, or per-reward group normalisation (GDPO).
+"""The ``composite`` reward: a weighted sum of other rewards, each of whose scores is also logged.
 
-* ``composite`` reward: ``{"composite": sum_k w_k r_k, <every key of every component>...}``: the total
-  first, then each component's scores, so each is logged separately. Differentiable if every component is;
-  groupwise if any component is.
-* ``gdpo_combine``: GDPO-style combination (normalise each reward within its group, then weighted sum):
-  ``A = sum_k w_k (r_k - mean_g r_k) / (std_g r_k + eps)``; the engine normalises the result over the batch
-  afterwards (DESIGN.md section 5). ``std`` is the population standard deviation (``unbiased=False``), as
-  in GRPO implementations; a group with zero variance in a reward contributes 0 for that reward.
+``{"composite": sum_k w_k r_k, <every key of every component>...}``: the total first, then each component's
+scores, so each is logged separately. Differentiable if every component is; groupwise if any component is.
+To normalise each reward within its group before the weighted sum instead (GDPO), keep the rewards separate
+and use the advantage mode ``gdpo`` (``visalign.advantages``).
 """
 
 from __future__ import annotations
@@ -18,55 +15,6 @@ import torch
 
 from visalign.errors import UserError
 from visalign.rewards.base import Reward, RewardError, build_reward, register_reward, reward_option_problems
-
-
-def group_normalise(values: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """``(v - mean_g v) / (std_g v + eps)`` within each group (population std)."""
-    values = values.float()
-    group_ids = torch.as_tensor(group_ids)
-    out = torch.empty_like(values)
-    for g in torch.unique(group_ids):
-        mask = group_ids == g
-        v = values[mask]
-        std = v.std(unbiased=False)
-        out[mask] = torch.zeros_like(v) if std == 0 else (v - v.mean()) / (std + eps)
-    return out
-
-
-def gdpo_combine(
-    components: Mapping[str, torch.Tensor],
-    weights: Mapping[str, float] | Sequence[float] | None,
-    group_ids: torch.Tensor | Sequence[int],
-    eps: float = 1e-4,
-) -> torch.Tensor:
-    """GDPO: normalise each reward within its group, then take the weighted sum (``Tensor[B]``).
-
-    ``weights``: per component name (a component without a weight is an error, never a silent 0), a sequence
-    in the order of ``components``, or ``None`` for all ones.
-    """
-    if not components:
-        raise ValueError("gdpo_combine needs at least one component")
-    names = list(components)
-    if weights is None:
-        w = dict.fromkeys(names, 1.0)
-    elif isinstance(weights, Mapping):
-        missing = [n for n in names if n not in weights]
-        if missing:
-            raise ValueError(f"gdpo_combine: no weight for {missing}")
-        w = {n: float(weights[n]) for n in names}
-    else:
-        if len(weights) != len(names):
-            raise ValueError(f"gdpo_combine: {len(weights)} weights for {len(names)} components")
-        w = {n: float(x) for n, x in zip(names, weights, strict=True)}
-    group_ids = torch.as_tensor(group_ids)
-    batch = group_ids.shape[0]
-    total = torch.zeros(batch, dtype=torch.float32)
-    for name in names:
-        values = components[name]
-        if values.shape != (batch,):
-            raise ValueError(f"gdpo_combine: component '{name}' has shape {tuple(values.shape)}, expected ({batch},)")
-        total = total + w[name] * group_normalise(values, group_ids, eps)
-    return total
 
 
 def _spec(item: Any) -> tuple[str, str, dict[str, Any], float]:

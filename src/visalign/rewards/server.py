@@ -1,11 +1,9 @@
 """HTTP server for any registered reward, with request batching (``visalign serve-reward``).
 
-Concurrent ``/score`` requests are queued; a single worker thread takes the oldest one and, for up to
-``max_wait_s``, coalesces further queued requests with the same image size until ``max_batch`` images
-are gathered, scores them in one reward call and hands each request its slice. Groupwise rewards (whose
-scores depend on the whole request) are never coalesced, and a request larger than ``max_batch`` is
-scored alone. If a coalesced call fails, each of its requests is scored again on its own, so one bad
-request cannot fail the others. The wire format is in ``wire.py``.
+This module holds the request handler and the server class. Concurrent ``/score`` requests are queued
+for one worker thread that coalesces them into batches (``server_batching.py``); what guards a connection
+at the socket level (read deadlines, write timeouts, lingering close, the header budget) is in
+``server_sockets.py``; the wire format is in ``wire.py``.
 
 Limits and guarantees (each configurable; ``visalign serve-reward`` has a flag for each):
 
@@ -24,37 +22,34 @@ Limits and guarantees (each configurable; ``visalign serve-reward`` has a flag f
 * failures: every request that is read gets an HTTP reply (4xx for what the client sent, 500 naming the
   reward for what failed here); a client that goes away is dropped quietly; nothing prints a traceback.
 
-A connection whose input may not have been read (every error reply) is closed the way web servers do
-("lingering close"): shut for writing, then its input is drained until the client closes or
-``linger_s`` passes, by one thread for all such connections. Closing with unread input would make the
-kernel send a reset, which can destroy the reply before the client reads it (the client would then see
-"connection reset" and retry a request that was refused for a reason).
+A connection whose input may not have been read (every error reply) is closed by lingering
+(``server_sockets.Lingerer``): a plain close could reset it before the client reads the reply, and the
+client would then see "connection reset" and retry a request that was refused for a reason.
 """
 
 from __future__ import annotations
 
 import hmac
-import http.client
 import io
 import json
-import math
-import queue
-import selectors
 import socket
 import sys
 import threading
 import time
-from collections import deque
-from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import torch
-
 from visalign.rewards.base import Reward
+from visalign.rewards.server_batching import BatchingScorer, ScorerClosed
+from visalign.rewards.server_sockets import (
+    MAX_HEADER_BYTES,
+    DeadlineReader,
+    HeaderBudget,
+    Lingerer,
+    TimedWriter,
+)
 from visalign.rewards.wire import (
     MAX_IMAGE_PIXELS,
     MAX_REQUEST_PIXELS,
@@ -63,261 +58,7 @@ from visalign.rewards.wire import (
     encode_scores,
 )
 
-# all the header lines of one request together (nginx's default allows 32 KiB; Apache's 100 lines of 8 KiB)
-MAX_HEADER_BYTES = 64 * 1024
-
-
-class ScorerClosed(RuntimeError):
-    """The scorer was closed (the server is shutting down) before this job could be scored."""
-
-
-@dataclass
-class _Job:
-    images: torch.Tensor
-    prompts: list[str]
-    metadata: list[dict[str, Any]]
-    future: Future = field(default_factory=Future)
-
-
-class BatchingScorer:
-    """One worker thread that scores queued jobs, coalescing them up to ``max_batch`` images."""
-
-    def __init__(self, reward: Reward, max_batch: int = 16, max_wait_s: float = 0.005) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
-        self.reward, self.max_batch, self.max_wait_s = reward, max_batch, max_wait_s
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._held: _Job | None = None  # a job taken from the queue that did not fit the last batch
-        self.requests = 0
-        self.batches = 0
-        self._closed = False
-        self._lock = threading.Lock()  # orders submit() against close(): no job is queued behind the stop marker
-        self._thread = threading.Thread(target=self._loop, name=f"score-{reward.name}", daemon=True)
-        self._thread.start()
-
-    def submit(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> Future:
-        job = _Job(images, prompts, metadata)
-        with self._lock:
-            if self._closed:
-                job.future.set_exception(ScorerClosed(f"reward '{self.reward.name}' is no longer being served"))
-            else:
-                self._queue.put(job)
-        return job.future
-
-    def close(self) -> None:
-        """Score what is queued, then stop the worker; later submissions fail with ``ScorerClosed``."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.put(None)
-        self._thread.join(timeout=10)
-
-    def _next(self, timeout: float | None) -> _Job | None:
-        if self._held is not None:
-            job, self._held = self._held, None
-            return job
-        return self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
-
-    def _loop(self) -> None:
-        while True:
-            first = self._next(None)
-            if first is None:
-                return
-            batch = [first]
-            size = first.images.shape[0]
-            deadline = time.monotonic() + self.max_wait_s
-            while not self.reward.groupwise and size < self.max_batch:
-                try:
-                    job = self._next(max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if job is None:
-                    self._queue.put(None)
-                    break
-                fits = job.images.shape[1:] == first.images.shape[1:] and size + job.images.shape[0] <= self.max_batch
-                if not fits:
-                    self._held = job
-                    break
-                batch.append(job)
-                size += job.images.shape[0]
-            self._score(batch)
-
-    def _score(self, batch: list[_Job]) -> None:
-        self.requests += len(batch)
-        self.batches += 1
-        try:
-            images = torch.cat([j.images for j in batch]) if len(batch) > 1 else batch[0].images
-            prompts = [p for j in batch for p in j.prompts]
-            metadata = [m for j in batch for m in j.metadata]
-            with torch.no_grad():
-                scores = self.reward(images, prompts, metadata)
-        except Exception as err:  # noqa: BLE001 - every waiting request must hear about the failure
-            if len(batch) > 1:  # isolate the culprit: one bad request must not fail the others
-                self.requests -= len(batch)
-                for job in batch:
-                    self._score([job])
-            else:
-                batch[0].future.set_exception(err)
-            return
-        start = 0
-        for job in batch:
-            n = job.images.shape[0]
-            job.future.set_result({k: v[start : start + n] for k, v in scores.items()})
-            start += n
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A connection's raw input, where every ``recv`` waits at most until ``deadline`` (``time.monotonic``).
-
-    A plain socket timeout bounds each ``recv``; a client sending a byte just before each timeout would
-    hold the connection for ever. Setting the timeout to what is left of one deadline bounds the whole read.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.deadline = math.inf
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("read deadline passed")
-        self._sock.settimeout(None if left == math.inf else left)
-        return self._sock.recv_into(buffer)
-
-
-class _Writer(io.BufferedIOBase):
-    """A connection's output: each write must complete within ``timeout_s`` (a client that stops reading)."""
-
-    def __init__(self, sock: socket.socket, timeout_s: float) -> None:
-        self._sock, self._timeout_s = sock, timeout_s
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self._sock.settimeout(self._timeout_s)
-        self._sock.sendall(data)  # the timeout bounds the whole sendall
-        with memoryview(data) as view:
-            return view.nbytes
-
-
-class _Lingerer:
-    """Lingering close for connections whose input was not read, on one thread (see the module docstring)."""
-
-    def __init__(self, linger_s: float = 2.0, max_sockets: int = 1024) -> None:
-        self.linger_s, self.max_sockets = linger_s, max_sockets
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        for end in (self._wake_r, self._wake_w):
-            end.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self._lock = threading.Lock()
-        self._incoming: deque[socket.socket] = deque()
-        self._deadlines: dict[socket.socket, float] = {}  # owned by the loop thread
-        self._count = 0  # sockets handed over and not yet closed
-        self._stopped = False
-        self._thread = threading.Thread(target=self._loop, name="reward-linger", daemon=True)
-        self._thread.start()
-
-    def close(self, sock: socket.socket) -> None:
-        """Shut ``sock`` for writing (the reply is complete) and close it once the client is done sending."""
-        try:
-            sock.shutdown(socket.SHUT_WR)
-            sock.setblocking(False)
-        except OSError:  # already reset by the peer: nothing left to protect
-            sock.close()
-            return
-        with self._lock:
-            if self._stopped or self._count >= self.max_sockets:  # bounded: beyond it, a plain close
-                sock.close()
-                return
-            self._count += 1
-            self._incoming.append(sock)
-        self._wake()
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-        self._wake()
-        self._thread.join(timeout=5)
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"x")
-        except OSError:  # a full wake-up channel already wakes the loop
-            pass
-
-    def _drop(self, sock: socket.socket) -> None:
-        self._selector.unregister(sock)
-        del self._deadlines[sock]
-        sock.close()
-        with self._lock:
-            self._count -= 1
-
-    def _loop(self) -> None:
-        while True:
-            now = time.monotonic()
-            timeout = max(0.0, min(self._deadlines.values()) - now) if self._deadlines else None
-            for key, _ in self._selector.select(timeout):
-                sock = key.fileobj
-                if sock is self._wake_r:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except BlockingIOError:
-                        pass
-                    continue
-                assert isinstance(sock, socket.socket)
-                try:
-                    if sock.recv(65536):  # discard what the client still sends
-                        continue
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    pass
-                self._drop(sock)  # end of input (or an error): the client has read what it wanted
-            with self._lock:
-                stopped, incoming = self._stopped, list(self._incoming)
-                self._incoming.clear()
-            now = time.monotonic()
-            for sock in incoming:
-                try:
-                    self._selector.register(sock, selectors.EVENT_READ)
-                except (OSError, ValueError):  # closed meanwhile (a reset): nothing to wait for
-                    sock.close()
-                    with self._lock:
-                        self._count -= 1
-                    continue
-                self._deadlines[sock] = now + self.linger_s
-            for sock in [s for s, d in self._deadlines.items() if d <= now or stopped]:
-                self._drop(sock)
-            if stopped:
-                self._selector.close()
-                self._wake_r.close()
-                self._wake_w.close()
-                return
-
-
-class _HeaderBudget:
-    """What ``http.client.parse_headers`` reads the headers through: at most ``budget`` bytes in all.
-
-    It allows 100 lines of 64 KiB each by itself, 6.5 MB per connection before the token is even looked at.
-    """
-
-    def __init__(self, rfile: io.BufferedReader, budget: int) -> None:
-        self._rfile, self._budget, self._left = rfile, budget, budget
-
-    def readline(self, limit: int = -1) -> bytes:
-        cap = self._left + 1 if limit < 0 else min(limit, self._left + 1)
-        line = self._rfile.readline(cap)
-        self._left -= len(line)
-        if self._left < 0:  # parse_request answers an HTTPException with 431
-            raise http.client.HTTPException(f"headers larger than {self._budget:,} bytes (the server's limit)")
-        return line
+__all__ = ["MAX_HEADER_BYTES", "BatchingScorer", "RewardHTTPServer", "ScorerClosed"]
 
 
 def _first_line(text: str, limit: int = 200) -> str:
@@ -335,9 +76,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         self.connection = self.request
-        self._input = _DeadlineReader(self.connection)
+        self._input = DeadlineReader(self.connection)
         self.rfile = io.BufferedReader(self._input, 65536)
-        self.wfile = _Writer(self.connection, self.server.read_timeout_s)
+        self.wfile = TimedWriter(self.connection, self.server.read_timeout_s)
         self._replied = False
 
     def _reply(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
@@ -399,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.requestline, self.request_version, self.command = "", "", ""
                 self.send_error(414, "request line longer than 65536 bytes")
                 return
-            self.rfile, rfile = _HeaderBudget(self.rfile, MAX_HEADER_BYTES), self.rfile  # type: ignore[assignment]
+            self.rfile, rfile = HeaderBudget(self.rfile, MAX_HEADER_BYTES), self.rfile  # type: ignore[assignment]
             try:
                 parsed = self.parse_request()
             finally:
@@ -553,7 +294,7 @@ class RewardHTTPServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()  # connections being served
         self._lingering: set[socket.socket] = set()  # of those, the ones to close by lingering
-        self._lingerer = _Lingerer(linger_s)
+        self._lingerer = Lingerer(linger_s)
         self.scorer = BatchingScorer(reward, max_batch=max_batch, max_wait_s=max_wait_s)
         try:
             super().__init__((host, port), _Handler)

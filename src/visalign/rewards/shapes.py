@@ -33,15 +33,13 @@ def verdict_scores(images: torch.Tensor, metadata: Sequence[dict[str, Any]]) -> 
 
 
 def per_tag_means(scores: torch.Tensor, metadata: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Mean score per ShapesWorld tag present in the batch (``{tag: mean}``), for logging."""
+    """Mean score per ShapesWorld tag present in the batch (``{tag: mean}``, in ``TAGS`` order), for logging."""
+    from visalign.eval.pass_rate import tag_groups
     from visalign.worlds.shapes.vocab import TAGS
 
-    out: dict[str, float] = {}
-    for tag in TAGS:
-        idx = [i for i, m in enumerate(metadata) if m.get("tag") == tag]
-        if idx:
-            out[tag] = float(scores[idx].float().mean())
-    return out
+    groups = tag_groups([m.get("tag") for m in metadata], TAGS)
+    # the mean of the tensor itself (float32), not of its values as Python floats: the logged numbers stay the same
+    return {tag: float(scores[idx].float().mean()) for tag, idx in groups.items()}
 
 
 # The verifier judges an image against the prompt's GenEval-style metadata (every tag, "text" included, has one)

@@ -1,7 +1,7 @@
 """``shapes_rm``: the learned, differentiable ShapesWorld reward model.
 
 A small prompt-conditioned CNN (``shapes_rm_model.ShapesRM``) trained to predict the ShapesWorld verifier's
-soft score from (image, prompt) pairs (``visalign rewards train-shapes-rm``, ``shapes_rm_train.py``). The
+soft score from (image, prompt) pairs (``visalign rewards train-shapes-rm``, ``shapes_rm_train/``). The
 shipped weights live in ``visalign/assets/shapes-rm/`` with a card (``README.md``) that reports the
 agreement with the verifier on held-out generated images.
 

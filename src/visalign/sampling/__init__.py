@@ -1,4 +1,5 @@
-"""Step kernels with log-probs. ``build_kernel(name, ...)`` makes one by name; one registry line per kernel."""
+"""Step kernels with log-probs (``build_kernel(name, ...)`` makes one by name; one registry line per kernel) and
+the samplers that are not rollouts (``samplers``: the differentiable and the evaluation sampler)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,6 @@ KERNELS: dict[str, type[Kernel]] = {
     "ddim": DDIM,
 }
 
-# The deterministic sampler of each family (used for evaluation).
-DETERMINISTIC = {"flow": "ode", "diffusion": "ddim"}
-
-
 def build_kernel(name: str, **kwargs: Any) -> Kernel:
     if name not in KERNELS:
         from visalign.errors import UserError
@@ -29,5 +26,5 @@ def build_kernel(name: str, **kwargs: Any) -> Kernel:
     return KERNELS[name](**kwargs)
 
 
-__all__ = ["DDIM", "DETERMINISTIC", "KERNELS", "FlowCPS", "FlowDPMSolver2M", "FlowDance", "FlowODE", "FlowSDE",
+__all__ = ["DDIM", "KERNELS", "FlowCPS", "FlowDPMSolver2M", "FlowDance", "FlowODE", "FlowSDE",
            "Kernel", "Transition", "build_kernel", "gaussian_log_prob"]

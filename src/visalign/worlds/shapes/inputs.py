@@ -49,8 +49,3 @@ def as_image_list(images: Any) -> list[np.ndarray]:
             images = images.transpose(0, 2, 3, 1)
         return [_from_array(a, scale) for a in images]
     return [_one(im) for im in images]
-
-
-def as_image(image: Any) -> np.ndarray:
-    """One image as float32 (H, W, 3) in [0, 1]."""
-    return _one(image)

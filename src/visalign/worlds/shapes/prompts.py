@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from visalign.errors import UserError
+from visalign.jsonl import read_jsonl
+from visalign.seeding import numpy_rng
 from visalign.worlds.shapes import phrasings as ph
 from visalign.worlds.shapes.metadata import validate_metadata
 from visalign.worlds.shapes.vocab import COLORS, COUNT_RANGE, OPPOSITE, RELATIONS, SHAPES, TAGS
@@ -33,6 +36,14 @@ SPLITS = ("train", "test")
 TEST_PER_TAG = 10
 COLOR_ATTR_TRAIN = 300
 TEXT_TRAIN = 300
+COLOR_ATTR_TEST_WITH_HELD = 6  # color_attr test prompts that hold a held-out (colour, shape) pair
+
+# Two random streams per split seed: ``held_out(seed)`` is called on its own too (the tests check the splits
+# against it), so it draws from a stream of its own and the prompts are drawn from the next one.
+HELD_OUT_STREAM = 0  # held_out(seed) draws from numpy_rng(seed + HELD_OUT_STREAM)
+SPLIT_STREAM = 1  # generate_splits(seed) draws phrasings and seen prompts from numpy_rng(seed + SPLIT_STREAM)
+
+Split = tuple[list[dict], list[dict]]  # (test, train) metadata of one tag
 
 
 def _pick(rng: np.random.Generator, items: list, n: int) -> list:
@@ -42,7 +53,7 @@ def _pick(rng: np.random.Generator, items: list, n: int) -> list:
 
 def held_out(seed: int = 0) -> dict[str, list]:
     """The combinations that occur in test and never in train, per tag."""
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed + HELD_OUT_STREAM)
     pairs = list(itertools.combinations(SHAPES, 2))
     counts = list(range(COUNT_RANGE[0], COUNT_RANGE[1] + 1))
     count_shapes = _pick(rng, list(SHAPES), len(counts))
@@ -63,90 +74,69 @@ def held_out(seed: int = 0) -> dict[str, list]:
     }
 
 
-def _split_tag(
-    rng: np.random.Generator, held: list[dict], seen: list[dict], n_test: int
-) -> tuple[list, list]:
+def _phrasing(rng: np.random.Generator, tag: str) -> int:
+    """A random phrasing index for ``tag``."""
+    return int(rng.integers(len(ph.PHRASINGS[tag])))
+
+
+def _split_tag(rng: np.random.Generator, held: list[dict], seen: list[dict], n_test: int) -> Split:
     """Test = every held-out prompt given + random seen prompts up to n_test; train = the other seen prompts."""
     extra = _pick(rng, seen, n_test - len(held))
     chosen = {md["prompt"] for md in extra}
     return held + extra, [md for md in seen if md["prompt"] not in chosen]
 
 
-def generate_splits(seed: int = 0) -> dict[str, list[dict]]:
-    """Build the train and test splits (lists of metadata dicts) deterministically from ``seed``."""
-    ho = held_out(seed)
-    rng = np.random.default_rng(seed + 1)
+def _split_combinations(
+    rng: np.random.Generator, tag: str, phrase: Callable[..., dict], held: list[tuple], seen: list[tuple]
+) -> Split:
+    """A tag whose held-out combinations are phrased once each (a random phrasing) and whose seen combinations in
+    every phrasing; ``phrase(*combination, phrasing)`` builds one prompt."""
+    held_prompts = [phrase(*c, _phrasing(rng, tag)) for c in held]
+    seen_prompts = [phrase(*c, j) for c in seen for j in range(len(ph.PHRASINGS[tag]))]
+    return _split_tag(rng, held_prompts, seen_prompts, TEST_PER_TAG)
 
-    def k(tag: str) -> int:
-        """A random phrasing index for ``tag``."""
-        return int(rng.integers(len(ph.PHRASINGS[tag])))
 
-    train: list[dict] = []
+def _single_object(rng: np.random.Generator, ho: dict[str, list]) -> Split:
+    """Every shape is in both splits: 2 phrasings per shape in test, the other 2 in train."""
     test: list[dict] = []
-
-    # single_object: 2 phrasings per shape in test, the other 2 in train.
+    train: list[dict] = []
     for shape in SHAPES:
         order = rng.permutation(len(ph.PHRASINGS["single_object"]))
         test += [ph.single_object(shape, int(i)) for i in order[:2]]
         train += [ph.single_object(shape, int(i)) for i in order[2:]]
+    return test, train
 
-    # two_object
-    held_pairs = {frozenset(p) for p in ho["two_object"]}
-    held = [ph.two_object(a, b, k("two_object")) for p in ho["two_object"] for a, b in (p, p[::-1])]
-    seen = [
-        ph.two_object(a, b, j)
-        for a, b in itertools.permutations(SHAPES, 2)
-        if frozenset((a, b)) not in held_pairs
-        for j in range(len(ph.PHRASINGS["two_object"]))
-    ]
-    te, tr = _split_tag(rng, held, seen, TEST_PER_TAG)
-    test += te
-    train += tr
 
-    # counting
-    held_counts = set(ho["counting"])
-    held = [ph.counting(s, n, k("counting")) for n, s in ho["counting"]]
-    seen = [
-        ph.counting(s, n, j)
-        for n in range(COUNT_RANGE[0], COUNT_RANGE[1] + 1)
-        for s in SHAPES
-        if (n, s) not in held_counts
-        for j in range(len(ph.PHRASINGS["counting"]))
-    ]
-    te, tr = _split_tag(rng, held, seen, TEST_PER_TAG)
-    test += te
-    train += tr
+def _two_object(rng: np.random.Generator, ho: dict[str, list]) -> Split:
+    held = [(a, b) for p in ho["two_object"] for a, b in (p, p[::-1])]  # an unordered pair, in both orders
+    seen = [c for c in itertools.permutations(SHAPES, 2) if c not in held]
+    return _split_combinations(rng, "two_object", ph.two_object, held, seen)
 
-    # colors
-    held_cs = set(ho["color_shape"])
-    held = [ph.colors(c, s, k("colors")) for c, s in ho["color_shape"]]
-    seen = [
-        ph.colors(c, s, j)
-        for s in SHAPES
-        for c in COLORS
-        if (c, s) not in held_cs
-        for j in range(len(ph.PHRASINGS["colors"]))
-    ]
-    te, tr = _split_tag(rng, held, seen, TEST_PER_TAG)
-    test += te
-    train += tr
 
-    # position
+def _counting(rng: np.random.Generator, ho: dict[str, list]) -> Split:
+    held = [(s, n) for n, s in ho["counting"]]
+    seen = [(s, n) for n in range(COUNT_RANGE[0], COUNT_RANGE[1] + 1) for s in SHAPES if (s, n) not in held]
+    return _split_combinations(rng, "counting", ph.counting, held, seen)
+
+
+def _colors(rng: np.random.Generator, ho: dict[str, list]) -> Split:
+    held = list(ho["color_shape"])
+    seen = [(c, s) for s in SHAPES for c in COLORS if (c, s) not in held]
+    return _split_combinations(rng, "colors", ph.colors, held, seen)
+
+
+def _position(rng: np.random.Generator, ho: dict[str, list]) -> Split:
     # a held-out triple is held out in both wordings: "a star left of a circle" = "a circle right of a star"
-    held_pos = set(ho["position"]) | {(b, OPPOSITE[r], a) for a, r, b in ho["position"]}
-    held = [ph.position(a, r, b, k("position")) for a, r, b in ho["position"]]
-    seen = [
-        ph.position(a, r, b, j)
-        for a, b in itertools.permutations(SHAPES, 2)
-        for r in RELATIONS
-        if (a, r, b) not in held_pos
-        for j in range(len(ph.PHRASINGS["position"]))
-    ]
-    te, tr = _split_tag(rng, held, seen, TEST_PER_TAG)
-    test += te
-    train += tr
+    excluded = set(ho["position"]) | {(b, OPPOSITE[r], a) for a, r, b in ho["position"]}
+    ordered = itertools.permutations(SHAPES, 2)
+    seen = [(a, r, b) for a, b in ordered for r in RELATIONS if (a, r, b) not in excluded]
+    return _split_combinations(rng, "position", ph.position, list(ho["position"]), seen)
 
-    # color_attr: combinations are (colour a, shape a, colour b, shape b), shapes and colours distinct.
+
+def _color_attr(rng: np.random.Generator, ho: dict[str, list]) -> Split:
+    """Combinations (colour a, shape a, colour b, shape b), shapes and colours distinct; test holds some with one
+    held-out (colour, shape) pair, train none. Too many combinations to phrase them all: one phrasing each."""
+    held_cs = set(ho["color_shape"])
     combos = [
         (ca, a, cb, b)
         for a, b in itertools.permutations(SHAPES, 2)
@@ -154,19 +144,40 @@ def generate_splits(seed: int = 0) -> dict[str, list[dict]]:
     ]
     with_held = [c for c in combos if ((c[0], c[1]) in held_cs) != ((c[2], c[3]) in held_cs)]
     without = [c for c in combos if (c[0], c[1]) not in held_cs and (c[2], c[3]) not in held_cs]
-    test_combos = _pick(rng, with_held, 6) + _pick(rng, without, TEST_PER_TAG - 6)
-    test += [ph.color_attr(*c, k("color_attr")) for c in test_combos]
+    test_combos = _pick(rng, with_held, COLOR_ATTR_TEST_WITH_HELD)
+    test_combos += _pick(rng, without, TEST_PER_TAG - COLOR_ATTR_TEST_WITH_HELD)
+    test = [ph.color_attr(*c, _phrasing(rng, "color_attr")) for c in test_combos]
     pool = [c for c in without if c not in set(test_combos)]
-    train += [ph.color_attr(*c, k("color_attr")) for c in _pick(rng, pool, COLOR_ATTR_TRAIN)]
+    train = [ph.color_attr(*c, _phrasing(rng, "color_attr")) for c in _pick(rng, pool, COLOR_ATTR_TRAIN)]
+    return test, train
 
-    # text
-    test += [ph.text(x, k("text")) for x in ho["text"]]
+
+def _text(rng: np.random.Generator, ho: dict[str, list]) -> Split:
+    """Test: the held-out numbers; train: every other number below 100 and random 3-digit ones."""
+    test = [ph.text(x, _phrasing(rng, "text")) for x in ho["text"]]
     held_numbers = set(ho["text"])
     short = [str(i) for i in range(100) if str(i) not in held_numbers]
     long = [str(i) for i in range(100, 1000) if str(i) not in held_numbers]
     numbers = short + _pick(rng, long, TEXT_TRAIN - len(short))
-    train += [ph.text(x, k("text")) for x in numbers]
+    return test, [ph.text(x, _phrasing(rng, "text")) for x in numbers]
 
+
+# One builder per tag, run in this order: they draw from one stream in turn, so the order is part of the splits.
+_TAG_SPLITS: tuple[Callable[[np.random.Generator, dict[str, list]], Split], ...] = (
+    _single_object, _two_object, _counting, _colors, _position, _color_attr, _text,
+)  # fmt: skip
+
+
+def generate_splits(seed: int = 0) -> dict[str, list[dict]]:
+    """Build the train and test splits (lists of metadata dicts) deterministically from ``seed``."""
+    ho = held_out(seed)
+    rng = numpy_rng(seed + SPLIT_STREAM)
+    train: list[dict] = []
+    test: list[dict] = []
+    for split_tag in _TAG_SPLITS:
+        tag_test, tag_train = split_tag(rng, ho)
+        test += tag_test
+        train += tag_train
     order = {t: i for i, t in enumerate(TAGS)}
     return {
         "train": sorted(train, key=lambda md: order[md["tag"]]),
@@ -177,20 +188,8 @@ def generate_splits(seed: int = 0) -> dict[str, list[dict]]:
 def load_prompt_file(path: str | Path) -> list[dict]:
     """Read a JSONL file of metadata (one object per line, blank lines skipped), validating every line."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read prompt file ({err.strerror or err})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
     out = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            md = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+    for lineno, md in read_jsonl(path):
         validate_metadata(md, f"{path}:{lineno}")
         out.append(md)
     if not out:

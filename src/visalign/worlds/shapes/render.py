@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from visalign.seeding import numpy_rng
 from visalign.worlds.shapes import font
 from visalign.worlds.shapes.geometry import inside
 from visalign.worlds.shapes.scene import Scene, SceneObject, TextItem, sample_scene
@@ -87,4 +88,4 @@ def draw_scene(scene: Scene) -> np.ndarray:
 
 def render_scene(metadata: dict, seed: int, size: int = 64) -> np.ndarray:
     """A random scene satisfying ``metadata``, rendered as uint8 (size, size, 3); same seed, same image."""
-    return draw_scene(sample_scene(metadata, np.random.default_rng(seed), size))
+    return draw_scene(sample_scene(metadata, numpy_rng(seed), size))

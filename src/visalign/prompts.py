@@ -1,0 +1,111 @@
+"""A run's prompts: where they come from and the order the loop takes them in.
+
+``load_prompts`` reads a ShapesWorld split name, a JSONL file of metadata (one object with a ``"prompt"`` per
+line: the verifier's metadata travels with its prompt) or a text file of prompts; ``train_prompts`` applies the
+config's tag balancing; ``PromptStream`` is the endless, seeded, resumable pass over them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from visalign.errors import UserError
+from visalign.jsonl import read_jsonl
+from visalign.seeding import sample_seed, torch_generator
+
+if TYPE_CHECKING:
+    from visalign.config import Config
+
+
+def load_prompts(source: str) -> list[dict[str, Any]]:
+    """A ShapesWorld split name, a JSONL file of metadata (each with a "prompt"), or a text file of prompts."""
+    from visalign.worlds.shapes.prompts import load_prompt_file, load_split
+
+    if source in ("train", "test"):
+        return load_split(source)
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"{path}: prompt file not found")
+    if path.suffix == ".jsonl":
+        return _load_jsonl_prompts(path, load_prompt_file)
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"{path}: no prompts in file")
+    return [{"prompt": p} for p in prompts]
+
+
+def _load_jsonl_prompts(path: Path, load_prompt_file: Any) -> list[dict[str, Any]]:
+    rows = []
+    for lineno, row in read_jsonl(path):
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise UserError(f"{path}:{lineno}: each line must be an object with a non-empty \"prompt\" string")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no prompts in file")
+    if any("include" in r for r in rows):
+        return load_prompt_file(path)  # GenEval-style metadata: validated by the world's checker
+    return rows
+
+
+def balance_by_tag(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each tag's items repeated in order up to the largest tag's count (items without a tag form one group)."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for item in items:
+        groups.setdefault(item.get("tag"), []).append(item)
+    top = max(len(g) for g in groups.values())
+    return [g[i % len(g)] for g in groups.values() for i in range(top)]
+
+
+def train_prompts(cfg: Config) -> list[dict[str, Any]]:
+    """The run's training prompts: ``data.train``, tag-balanced when ``data.balance_tags``."""
+    items = load_prompts(cfg.data.train)
+    return balance_by_tag(items) if cfg.data.balance_tags else items
+
+
+def stratified(items: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The first ``n`` items taken round-robin over tags (so that a subset still covers every tag)."""
+    by_tag: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        by_tag.setdefault(str(item.get("tag", "")), []).append(item)
+    out: list[dict[str, Any]] = []
+    depth = 0
+    while len(out) < min(n, len(items)):
+        for rows in by_tag.values():
+            if depth < len(rows) and len(out) < n:
+                out.append(rows[depth])
+        depth += 1
+    return out
+
+
+class PromptStream:
+    """Endless shuffled pass over the prompts; the permutation of epoch e is seeded by (seed, e)."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed = size, seed
+        self.epoch, self.pos = 0, 0
+
+    def _perm(self) -> torch.Tensor:
+        g = torch_generator(sample_seed(self.seed, self.epoch, 0, 0, stream="prompts"))
+        return torch.randperm(self.size, generator=g)
+
+    def next(self, n: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            perm = self._perm()
+            take = min(n - len(out), self.size - self.pos)
+            out += perm[self.pos : self.pos + take].tolist()
+            self.pos += take
+            if self.pos == self.size:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos, "size": self.size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["size"] != self.size:
+            raise UserError(f"checkpoint was trained on {state['size']} prompts, this run has {self.size}")
+        self.epoch, self.pos = state["epoch"], state["pos"]
