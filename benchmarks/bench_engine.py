@@ -75,14 +75,14 @@ def main(argv: list[str] | None = None) -> dict:
     n = len(rows)
     images = cfg.data.prompts_per_iter * cfg.data.group_size
     mean = {k: sum(r[k] for r in rows) / n for k in ("time/rollout", "time/reward", "time/train")}
-    sample_steps = sum(r["trained_samples"] for r in rows) * trainer.num_train_steps_effective * cfg.train.inner_epochs
+    sample_steps = sum(r["trained_samples"] for r in rows) * trainer.rollouts.num_train_steps_effective * cfg.train.inner_epochs
     result = {
         "config": args.config,
         "overrides": args.overrides,
         "iterations": n,
         "threads": torch.get_num_threads(),
         "images_per_iteration": images,
-        "trained_steps_per_sample": trainer.num_train_steps_effective,
+        "trained_steps_per_sample": trainer.rollouts.num_train_steps_effective,
         "s_per_iteration": wall / n,
         "s_rollout": mean["time/rollout"],
         "s_reward": mean["time/reward"],

@@ -104,3 +104,12 @@ def test_gdpo_keeps_a_large_scale_reward_from_dominating():
     plain = compute_advantages({"big": big, "small": small}, groups, weights=weights)
     # the sum in group 0 is (101, 104): z-scores (-1, 1) up to eps
     torch.testing.assert_close(plain.values[:2], torch.tensor([-1.0, 1.0]) * (1.5 / (1.5 + 1e-4)))
+
+
+def test_no_std_is_the_reward_minus_its_group_mean_by_hand():
+    """Dr. GRPO: A_i = R_i - mean_group R, no division (clip still applies)."""
+    rewards = {"r": torch.tensor([1.0, 0.0, 0.0, 0.5, 0.5, 2.0])}
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    adv = compute_advantages(rewards, groups, std="none")
+    expected = [1 - 1 / 3, -1 / 3, -1 / 3, 0.5 - 1.0, 0.5 - 1.0, 2.0 - 1.0]
+    assert adv.values.tolist() == pytest.approx(expected, abs=1e-6)

@@ -378,7 +378,7 @@ def test_variant_trains_end_to_end(tmp_path, name, overrides):
             assert bool(((rollout.step_index >= window[0]) & (rollout.step_index < window[1])).all())
     if name == "dancegrpo":
         # timestep_fraction 0.5 of the 3 trainable steps (sigma' > 0) of 4: 2 per sample; a shared group noise
-        assert tr.num_train_steps == 2 and all(r.num_trained_steps == 2 for r in seen)
+        assert tr.rollouts.num_train_steps == 2 and all(r.num_trained_steps == 2 for r in seen)
         compared = 0
         for r in seen:
             for gid in r.group_ids.unique():

@@ -160,7 +160,7 @@ def test_pooled_rollouts_train_through_the_one_trainer(tmp_path, family):
     from engine_fixtures import tiny_trainer
 
     trainer = tiny_trainer(tmp_path, ["train.iterations=2", "sampling.noise_pool=2"], family)
-    assert trainer.kernel.noise_pool == 2
+    assert trainer.rollouts.kernel.noise_pool == 2
     trainer.run()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and max(r["first_step_log_ratio"] for r in rows) < 1e-5

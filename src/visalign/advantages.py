@@ -1,7 +1,8 @@
 """Advantages from rewards: group normalisation (GRPO) or per-reward group normalisation (GDPO).
 
 * ``group`` (GRPO, Shao et al., 2024; Flow-GRPO): A_i = clip((R_i - mean_group R) / (std + eps), -c, c), with the
-  group's std (``std="group"``) or the std over the whole gathered batch (``std="global"``, flow_grpo's default).
+  group's std (``std="group"``) or the std over the whole gathered batch (``std="global"``, flow_grpo's default), or
+  no division at all (``std="none"``: A_i = R_i - mean_group R, Dr. GRPO, Liu et al., 2025, arXiv:2503.20783).
 * ``gdpo``: each reward is normalised within its group first, then the weighted sum is normalised over the batch:
   S_i = sum_k w_k (r_k,i - mean_group r_k) / (std_group r_k + eps), A_i = clip((S_i - mean S) / (std S + eps), -c, c).
 
@@ -52,6 +53,8 @@ def _group_stats(values: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tens
 
 def _zscore_in_groups(values: torch.Tensor, groups: torch.Tensor, std_mode: str, eps: float) -> torch.Tensor:
     mean, gstd, _ = _group_stats(values, groups)
+    if std_mode == "none":
+        return values - mean
     std = values.std(unbiased=False) if std_mode == "global" else gstd
     return (values - mean) / (std + eps)
 
@@ -69,8 +72,8 @@ def compute_advantages(
     """Advantages for N samples; ``rewards`` maps reward names to ``[N]`` tensors, ``groups`` is ``[N]`` ints."""
     if mode not in ("group", "gdpo"):
         raise ValueError(f"advantage mode must be 'group' or 'gdpo', got '{mode}'")
-    if std not in ("group", "global"):
-        raise ValueError(f"advantage std must be 'group' or 'global', got '{std}'")
+    if std not in ("group", "global", "none"):
+        raise ValueError(f"advantage std must be 'group', 'global' or 'none', got '{std}'")
     names = list(weights) if weights else list(rewards)[:1]
     w = weights or {names[0]: 1.0}
     r = {k: rewards[k].detach().double().flatten() for k in names}

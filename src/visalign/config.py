@@ -50,6 +50,11 @@ class SamplingConfig(StrictModel):
     train_window: list[int] | None = None  # [first, last+1] of steps that may be trained
     sde_window: list[int] | None = None  # [first, last+1] of steps sampled stochastically (others: ODE)
     batch_size: int = Field(0, ge=0)  # samples per network call during rollouts (0: all)
+    # token policies (language / vision-language models): how answers are sampled
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, ge=0.0)  # 0: greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop_strings: list[str] = []
 
 
 class AlgorithmConfig(StrictModel):
@@ -65,7 +70,7 @@ class RewardSpec(StrictModel):
 
 class AdvantageConfig(StrictModel):
     mode: Literal["group", "gdpo"] = "group"
-    std: Literal["group", "global"] = "group"
+    std: Literal["group", "global", "none"] = "group"  # none: R - mean_group R (Dr. GRPO)
     clip: float = Field(5.0, gt=0)
     eps: float = Field(1e-4, gt=0)
 

@@ -21,20 +21,40 @@ if TYPE_CHECKING:
 
 
 def load_prompts(source: str) -> list[dict[str, Any]]:
-    """A ShapesWorld split name, a JSONL file of metadata (each with a "prompt"), or a text file of prompts."""
+    """A ShapesWorld split name (``train`` / ``test`` prompts, ``qa_train`` / ``qa_test`` questions), a JSONL file
+    of metadata (each with a "prompt") or of questions (each with "messages"), or a text file of prompts.
+
+    A question gets its text as ``prompt`` (what the logs and the report show)."""
     from visalign.worlds.shapes.prompts import load_prompt_file, load_split
 
     if source in ("train", "test"):
         return load_split(source)
+    if source in ("qa_train", "qa_test"):
+        return _questions(source.removeprefix("qa_"))
     path = Path(source)
     if not path.is_file():
         raise UserError(f"{path}: prompt file not found")
+    if path.suffix == ".jsonl" and _first_row_has(path, "messages"):
+        return _questions(path)
     if path.suffix == ".jsonl":
         return _load_jsonl_prompts(path, load_prompt_file)
     prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
         raise UserError(f"{path}: no prompts in file")
     return [{"prompt": p} for p in prompts]
+
+
+def _first_row_has(path: Path, key: str) -> bool:
+    for _lineno, row in read_jsonl(path):
+        return key in row
+    return False
+
+
+def _questions(source: str | Path) -> list[dict[str, Any]]:
+    from visalign.worlds.shapes.questions import load_qa_split
+    from visalign.worlds.shapes.questions_io import question_text
+
+    return [{**item, "prompt": question_text(item)} for item in load_qa_split(source)]
 
 
 def _load_jsonl_prompts(path: Path, load_prompt_file: Any) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,7 +22,12 @@ from visalign.models.base import Cond, Generator, Schedule
 from visalign.sampling import Kernel
 from visalign.seeding import sample_seed, torch_generators
 
-__all__ = ["Rollout", "RolloutPlan", "SampleBatch", "StepBatch", "choose_trained_steps", "run_rollout", "sample_seed"]
+if TYPE_CHECKING:
+    from visalign.algorithms.base import Algorithm
+    from visalign.config import Config
+
+__all__ = ["ImageRollouts", "Rollout", "RolloutPlan", "SampleBatch", "StepBatch", "choose_trained_steps",
+           "run_rollout", "sample_seed"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,15 @@ class Rollout:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    @property
+    def outputs(self) -> torch.Tensor:
+        """What the rewards score: the decoded images."""
+        return self.images
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
 
     @property
     def num_trained_steps(self) -> int:
@@ -286,3 +300,49 @@ class _StepStore:
         self.log_prob[rows, cols] = tr.log_prob[rows]
         if self.mean is not None:
             self.mean[rows, cols] = tr.mean[rows].float()
+
+
+class ImageRollouts:
+    """The rollout engine of an image generator: the config's schedule, step kernels and ``RolloutPlan``, built
+    once; one ``run_rollout`` per iteration (with the algorithm's per-iteration plan); the held-out evaluation."""
+
+    def __init__(self, generator: Generator, cfg: Config, algorithm: Algorithm) -> None:
+        from visalign.errors import UserError
+
+        sampling = cfg.sampling
+        kernels = algorithm.kernels
+        if kernels is not None and sampling.kernel not in kernels:
+            raise UserError(f"sampling.kernel='{sampling.kernel}' cannot be used with '{cfg.algorithm.name}' "
+                            f"(use one of {', '.join(kernels)})")
+        self.generator = generator
+        self.schedule = generator.schedule(sampling.num_steps)
+        self.kernel = generator.make_kernel(sampling.kernel, sampling.noise_level, self.schedule, sampling.noise_pool)
+        self.det_kernel = generator.make_kernel(generator.deterministic_kernel, 0.0, self.schedule)
+        trainable = int(self.kernel.trainable(self.schedule.c, self.schedule.c_next).sum())
+        self.num_train_steps = cfg.trained_steps_per_sample(trainable)
+        self.num_train_steps_effective = min(self.num_train_steps or trainable, trainable)
+        self.plan = RolloutPlan(
+            guidance_scale=sampling.guidance_scale,
+            num_train_steps=self.num_train_steps,
+            shuffle_steps=sampling.shuffle_steps,
+            train_window=tuple(sampling.train_window) if sampling.train_window else None,
+            sde_window=tuple(sampling.sde_window) if sampling.sde_window else None,
+            deterministic_kernel=self.det_kernel,
+            store_steps="likelihood" in algorithm.needs,
+            batch_size=sampling.batch_size,
+        )
+
+    def context(self) -> dict[str, Any]:
+        """What an algorithm is told about the sampler (``RunContext`` fields)."""
+        return {"schedule": self.schedule, "kernel": self.kernel, "deterministic_kernel": self.det_kernel}
+
+    def rollout(self, iteration: int, algorithm: Algorithm, items: Sequence[dict[str, Any]], prompt_ids: torch.Tensor,
+                seeds: Sequence[int]) -> Rollout:
+        return run_rollout(self.generator, self.schedule, self.kernel, [m["prompt"] for m in items], items,
+                           prompt_ids, seeds, algorithm.rollout_plan(iteration, self.plan))
+
+    def evaluate(self, cfg: Config, items: Sequence[dict[str, Any]], out_dir: Any,
+                 rewards: Sequence[tuple[Any, float]]) -> dict[str, Any]:
+        from visalign.report.evaluation import evaluate_generator
+
+        return evaluate_generator(self.generator, cfg, items, out_dir, rewards)

@@ -39,11 +39,20 @@ def resolve_model(name: str) -> str:
 
 
 def load_model(cfg: Config) -> tuple[str, Any, dict[str, Any]]:
-    """(family, diffusers pipeline, the folder's sampler defaults) of ``model.name``."""
-    from visalign.models.loading import load_pipeline, sampler_defaults
+    """(family, pipeline, the folder's sampler defaults) of ``model.name``: a diffusers pipeline folder, or a
+    transformers image-text-to-text checkpoint (``config.json``, no ``model_index.json``: the ``vlm`` family)."""
+    from visalign.models.loading import load_pipeline, resolve_model_path, sampler_defaults
 
     name = resolve_model(cfg.model.name)
-    family, pipe = load_pipeline(name, torch_dtype=getattr(torch, cfg.model.dtype))
+    dtype = getattr(torch, cfg.model.dtype)
+    path = resolve_model_path(name)
+    if not (path / "model_index.json").is_file() and (path / "config.json").is_file():
+        from visalign.models.vlm import VLMPipeline
+        from visalign.models.vlm_loading import load_vlm
+
+        model, processor = load_vlm(path, dtype=dtype)  # names what is wrong with the folder
+        return "vlm", VLMPipeline(model, processor), {}
+    family, pipe = load_pipeline(name, torch_dtype=dtype)
     return family, pipe, sampler_defaults(name)
 
 

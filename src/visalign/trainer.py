@@ -36,12 +36,13 @@ from visalign.models import Generator
 from visalign.models.ema import EMA
 from visalign.optimization import MetricAverager, build_optimizer, sum_gradients
 from visalign.prompts import PromptStream, load_prompts, train_prompts
-from visalign.report.evaluation import eval_row, evaluate_generator, headline, read_eval
+from visalign.report.evaluation import eval_row, headline, read_eval
 from visalign.report.metrics import MetricsLogger, truncate_metrics
 from visalign.report.progress import TrainProgress
 from visalign.rewards.base import Reward, check_metadata
-from visalign.rewards.scoring import reward_metrics, reward_name, score_images
-from visalign.rollout import Rollout, RolloutPlan, run_rollout
+from visalign.rewards.scoring import reward_metrics, reward_name, score_outputs
+from visalign.rollout import Rollout
+from visalign.rollout_engines import build_rollout_engine
 from visalign.run_directory import RunLock, discard_unfinished_attempt, record_resume, resume_changes
 from visalign.run_setup import build_rewards, load_model, make_generator, run_fingerprint
 from visalign.seeding import sample_seed, torch_generator
@@ -83,24 +84,17 @@ class Trainer:
         pipe.to(self.accelerator.device)
         self.generator: Generator = make_generator(cfg, self.family, pipe, defaults, self.accelerator.device)
 
-        # algorithm and sampler
+        # algorithm and the family's rollout engine (image generators: schedule, kernels, rollout plan)
         self.algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.options, source="algorithm.options")
         self._check_algorithm()
-        self.schedule = self.generator.schedule(cfg.sampling.num_steps)
-        self.kernel = self.generator.make_kernel(cfg.sampling.kernel, cfg.sampling.noise_level, self.schedule,
-                                                 cfg.sampling.noise_pool)
-        self.det_kernel = self.generator.make_kernel(self.generator.deterministic_kernel, 0.0, self.schedule)
-        trainable = int(self.kernel.trainable(self.schedule.c, self.schedule.c_next).sum())
-        self.num_train_steps = cfg.trained_steps_per_sample(trainable)
-        self.num_train_steps_effective = min(self.num_train_steps or trainable, trainable)
-        self.plan = self._rollout_plan()
+        self.rollouts = build_rollout_engine(self.generator, cfg, self.algorithm)
 
         # rewards
         self.rewards = list(rewards) if rewards is not None else build_rewards(cfg)
-        self.algorithm.bind(RunContext(rewards=self.rewards, schedule=self.schedule, kernel=self.kernel,
-                                       deterministic_kernel=self.det_kernel, seed=cfg.seed, rank=self.rank,
-                                       world=self.world,
-                                       samples_per_iter=cfg.data.prompts_per_iter * cfg.data.group_size))
+        self._check_rewards()
+        self.algorithm.bind(RunContext(rewards=self.rewards, seed=cfg.seed, rank=self.rank, world=self.world,
+                                       samples_per_iter=cfg.data.prompts_per_iter * cfg.data.group_size,
+                                       **self.rollouts.context()))
 
         # data
         self.train_items = train_prompts(cfg)
@@ -125,27 +119,21 @@ class Trainer:
 
     # ---- construction helpers ------------------------------------------------------------------------------
     def _check_algorithm(self) -> None:
-        cfg, families, kernels = self.cfg, self.algorithm.families, self.algorithm.kernels
-        if not self.algorithm.supports_family(self.family):
-            raise UserError(f"algorithm '{cfg.algorithm.name}' supports {families} models, "
+        cfg, algorithm = self.cfg, self.algorithm
+        if not algorithm.supports_family(self.family):
+            raise UserError(f"algorithm '{cfg.algorithm.name}' supports {algorithm.families} models, "
                             f"not '{self.family}' ({cfg.model.name})")
-        if kernels is not None and cfg.sampling.kernel not in kernels:
-            raise UserError(f"sampling.kernel='{cfg.sampling.kernel}' cannot be used with '{cfg.algorithm.name}' "
-                            f"(use one of {', '.join(kernels)})")
+        missing = set(algorithm.needs) - set(self.generator.provides)
+        if missing:
+            raise UserError(f"algorithm '{cfg.algorithm.name}' needs {', '.join(sorted(missing))} from its "
+                            f"rollouts, which '{self.family}' models ({cfg.model.name}) do not give")
 
-    def _rollout_plan(self) -> RolloutPlan:
-        """The config's rollout settings (an algorithm may change them per iteration: ``rollout_plan``)."""
-        sampling = self.cfg.sampling
-        return RolloutPlan(
-            guidance_scale=sampling.guidance_scale,
-            num_train_steps=self.num_train_steps,
-            shuffle_steps=sampling.shuffle_steps,
-            train_window=tuple(sampling.train_window) if sampling.train_window else None,
-            sde_window=tuple(sampling.sde_window) if sampling.sde_window else None,
-            deterministic_kernel=self.det_kernel,
-            store_steps="likelihood" in self.algorithm.needs,
-            batch_size=sampling.batch_size,
-        )
+    def _check_rewards(self) -> None:
+        kind = self.generator.output_kind
+        for reward, _weight in self.rewards:
+            if getattr(reward, "output_kind", "image") != kind:
+                raise UserError(f"reward '{reward_name(reward)}' scores {reward.output_kind} outputs, but "
+                                f"'{self.family}' models ({self.cfg.model.name}) produce {kind} outputs")
 
     def fingerprint(self) -> dict[str, Any]:
         return run_fingerprint(self.cfg, self.family, self.generator, len(self.train_items))
@@ -269,11 +257,10 @@ class Trainer:
             return self._offline_iteration(it, batch, time.perf_counter() - t0)
         items, prompt_ids, seeds = self._local_samples(it)
         self.generator.denoiser.eval()
-        rollout = run_rollout(self.generator, self.schedule, self.kernel, [m["prompt"] for m in items], items,
-                              prompt_ids, seeds, self.algorithm.rollout_plan(it, self.plan))
+        rollout = self.rollouts.rollout(it, self.algorithm, items, prompt_ids, seeds)
         t1 = time.perf_counter()
-        local_scores = score_images(self.rewards, rollout.images, rollout.prompts, rollout.metadata,
-                                    rollout.group_ids)
+        local_scores = score_outputs(self.rewards, rollout.outputs, rollout.prompts, rollout.metadata,
+                                     rollout.group_ids)
         scores = {k: self._gather(v) for k, v in local_scores.items()}
         groups = self._gather(rollout.group_ids)
         weights = {reward_name(r): w for r, w in self.rewards}
@@ -281,7 +268,7 @@ class Trainer:
                                  clip=cfg.advantage.clip, eps=cfg.advantage.eps)
         n_local = len(rollout)
         sl = slice(self.rank * n_local, (self.rank + 1) * n_local)
-        dev = rollout.x.device
+        dev = rollout.device
         rollout.advantages, rollout.mask = adv.values[sl].to(dev), adv.mask[sl].to(dev)
         rollout.rewards = local_scores
         t2 = time.perf_counter()
@@ -325,8 +312,8 @@ class Trainer:
         if self.is_main:
             use_ema = self.ema is not None and self.cfg.eval.use_ema and it > 0
             with self.ema.swapped() if use_ema else contextlib.nullcontext():
-                result = evaluate_generator(self.generator, self.cfg, self.test_items,
-                                            self.run_dir / "evals" / f"iter_{it:04d}", self.rewards)
+                result = self.rollouts.evaluate(self.cfg, self.test_items,
+                                                self.run_dir / "evals" / f"iter_{it:04d}", self.rewards)
         self.accelerator.wait_for_everyone()
         self._last_eval_seconds = time.perf_counter() - t0
         self._eval_seconds_run += self._last_eval_seconds

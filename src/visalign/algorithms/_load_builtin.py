@@ -10,6 +10,7 @@ from visalign.algorithms import (  # noqa: F401
     dpok,
     draft,
     flow_grpo,
+    grpo,
     raft,
     refl,
     rwr,

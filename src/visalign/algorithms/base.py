@@ -4,7 +4,7 @@ An algorithm is one file: a subclass of ``Algorithm`` registered with ``@registe
 
 * ``needs``: what it needs from a rollout — ``"likelihood"`` (per-step trajectories with old log-probs),
   ``"final"`` (final samples only), ``"pairs"`` (best/worst pairs per group), ``"differentiable"`` (a reward that
-  back-propagates);
+  back-propagates), ``"tokens"`` (a token policy's answers with per-token log-probs);
 * ``families``: the generator families it is limited to (``flow``, ``diffusion``), or None (the default) for every
   family whose adapter implements the ``Generator`` contract;
 * ``Options``: a ``StrictModel`` with its hyperparameters (the config's ``algorithm.options``);
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from visalign.rollout import Rollout, RolloutPlan, SampleBatch, StepBatch
     from visalign.sampling import Kernel
 
-NEEDS = frozenset({"likelihood", "final", "pairs", "differentiable"})
+NEEDS = frozenset({"likelihood", "final", "pairs", "differentiable", "tokens"})
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class RunContext:
     rank: int = 0  # this process, of ``world``
     world: int = 1
     samples_per_iter: int = 0  # prompts_per_iter x group_size over all processes
+    max_new_tokens: int = 0  # token policies: the answers' length budget (0: not a token policy)
 
 
 class Algorithm:

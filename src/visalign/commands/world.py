@@ -1,7 +1,8 @@
-"""``visalign world``: render ShapesWorld ground truth, regenerate the prompt files.
+"""``visalign world``: render ShapesWorld ground truth, regenerate the prompt and question files.
 
 visalign world render --split test --images-per-prompt 4 --out DIR
 visalign world prompts [--out DIR] [--seed S]
+visalign world questions [--out DIR] [--seed S] [--size N] [--train-per-type N] [--test-per-type N]
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from visalign.commands._args import int_at_least, output_folder, positive_int
 
 NAME = "world"
-HELP = "ShapesWorld: render ground truth, regenerate prompt files"
+HELP = "ShapesWorld: render ground truth, regenerate prompt and question files"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=output_folder, default=None, help="output folder (default: the shipped data folder)"
     )
     prompts.add_argument("--seed", type=int, default=0, help="split seed (default: 0, the shipped files)")
+    questions = sub.add_parser(
+        "questions", help="regenerate the train / test visual-question files (qa_*.jsonl)"
+    )
+    questions.add_argument(
+        "--out", type=output_folder, default=None, help="output folder (default: the shipped data folder)"
+    )
+    questions.add_argument("--seed", type=int, default=0, help="split seed (default: 0, the shipped files)")
+    questions.add_argument(
+        "--size", type=int_at_least(32), default=64, help="image size in pixels, >= 32 (default: 64)"
+    )
+    questions.add_argument("--train-per-type", type=positive_int, default=None,
+                           help="train questions per type (default: the shipped 300)")  # fmt: skip
+    questions.add_argument("--test-per-type", type=positive_int, default=None,
+                           help="test questions per type (default: the shipped 50)")  # fmt: skip
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -58,5 +73,20 @@ def _prompts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _questions(args: argparse.Namespace) -> int:
+    from visalign.worlds.shapes.prompts import DATA_DIR
+    from visalign.worlds.shapes.questions import write_qa_splits
+
+    paths = write_qa_splits(args.out or DATA_DIR, seed=args.seed, size=args.size,
+                            train_per_type=args.train_per_type, test_per_type=args.test_per_type)  # fmt: skip
+    for name, path in paths.items():
+        n = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        print(f"{name}: {n} questions -> {path}")
+    return 0
+
+
+_ACTIONS = {"render": _render, "prompts": _prompts, "questions": _questions}
+
+
 def run(args: argparse.Namespace) -> int:
-    return _render(args) if args.world_command == "render" else _prompts(args)
+    return _ACTIONS[args.world_command](args)

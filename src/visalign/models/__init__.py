@@ -18,8 +18,10 @@ def _builtin_families() -> dict[str, type[Generator]]:
     # imported lazily: each adapter pulls in its diffusers pipeline classes
     from visalign.models.diffusion import DiffusionGenerator
     from visalign.models.flow import FlowGenerator
+    from visalign.models.token_policy import TokenPolicy
+    from visalign.models.vlm import VLMPolicy
 
-    return {"flow": FlowGenerator, "diffusion": DiffusionGenerator}
+    return {"flow": FlowGenerator, "diffusion": DiffusionGenerator, "lm": TokenPolicy, "vlm": VLMPolicy}
 
 
 def register_family(name: str, adapter: type[Generator]) -> None:

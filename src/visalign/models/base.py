@@ -77,6 +77,10 @@ class Generator:
 
     family: str = ""
     deterministic_kernel: str = ""  # the kernel of the family's deterministic sampler (evaluation)
+    output_kind: str = "image"  # what it outputs: its rewards' kind and its rollout engine (``rollout_engines``)
+    # what its rollouts can give an algorithm (``Algorithm.needs``): trajectories with log-probs, final samples,
+    # pairs of them, a differentiable sampler
+    provides: frozenset[str] = frozenset({"likelihood", "final", "pairs", "differentiable"})
 
     def __init__(self, pipeline: Any, device: str | torch.device = "cpu", negative_prompt: str = "") -> None:
         self.pipeline = pipeline

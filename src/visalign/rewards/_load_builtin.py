@@ -3,6 +3,7 @@
 # Each reward module registers itself on import; add one line per new reward module.
 # Model-based modules import transformers lazily (inside the constructors), so this stays cheap.
 import visalign.rewards.aesthetic  # noqa: F401
+import visalign.rewards.answers  # noqa: F401
 import visalign.rewards.clipscore  # noqa: F401
 import visalign.rewards.composite  # noqa: F401
 import visalign.rewards.hps  # noqa: F401

@@ -11,6 +11,9 @@ A reward sees only images, prompts and metadata:
 * the result maps one or more score names to float tensors of shape ``[B]``. The first key is the
   reward's main score; extra keys are logged components (e.g. per-tag scores).
 
+A ``TextReward`` scores the answers of a token policy (a vision-language model) the same way: its first argument
+is the ``list[str]`` of sampled answers instead of images (``output_kind = "text"``).
+
 Flags: ``differentiable`` (scores can be back-propagated to the images), ``groupwise`` (scores depend on
 the whole group, e.g. a pairwise win rate: then the caller passes one group at a time).
 A reward that returns NaN/inf or the wrong shape raises ``RewardError`` naming the reward
@@ -50,6 +53,7 @@ class Reward:
     output_range: ClassVar[tuple[float, float]] = (float("-inf"), float("inf"))
     summary: ClassVar[str] = ""  # one line for `visalign rewards list` (what it scores, the paper)
     needs_metadata: tuple[str, ...] = ()  # metadata keys every prompt must carry (``check_metadata``)
+    output_kind: ClassVar[str] = "image"  # what it scores: "image" (generators) or "text" (token policies)
 
     def score(
         self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
@@ -69,6 +73,33 @@ class Reward:
             )
         scores = self.score(images, prompts, metadata)
         check_scores(self.name, scores, images.shape[0])
+        return scores
+
+
+class TextReward(Reward):
+    """Base class of the rewards of answers: ``reward(outputs, prompts, metadata)`` with ``outputs`` the sampled
+    answer texts (``list[str]``, one per prompt)."""
+
+    output_kind: ClassVar[str] = "text"
+
+    def score(  # type: ignore[override]
+        self, outputs: Sequence[str], prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __call__(  # type: ignore[override]
+        self, outputs: Sequence[str], prompts: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None
+    ) -> dict[str, torch.Tensor]:
+        if metadata is None:
+            metadata = [{} for _ in prompts]
+        if isinstance(outputs, str) or not all(isinstance(o, str) for o in outputs):
+            raise RewardError(f"reward '{self.name}': expected a list of answer strings")
+        if not (len(prompts) == len(metadata) == len(outputs)):
+            raise RewardError(
+                f"reward '{self.name}': {len(outputs)} answers, {len(prompts)} prompts, {len(metadata)} metadata"
+            )
+        scores = self.score(list(outputs), prompts, metadata)
+        check_scores(self.name, scores, len(outputs))
         return scores
 
 
