@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,19 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
     yield from _objects(path, text.splitlines(), "malformed JSON", torn_tail=False)
+
+
+def read_checked(path: str | Path, check: Callable[[dict[str, Any], str], None], what: str) -> list[dict[str, Any]]:
+    """Every object of a user-written JSONL file, each passed to ``check(row, "FILE:LINE")`` (which raises a
+    ``UserError`` naming that place); a file with none is an error too (``what``: "prompts", "questions"...)."""
+    path = Path(path)
+    rows = []
+    for lineno, row in read_jsonl(path):
+        check(row, f"{path}:{lineno}")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no {what} in file")
+    return rows
 
 
 def read_log(path: str | Path, what: str = "line") -> list[dict[str, Any]]:

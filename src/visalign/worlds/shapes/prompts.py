@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from visalign.errors import UserError
-from visalign.jsonl import read_jsonl
+from visalign.jsonl import read_checked
 from visalign.seeding import numpy_rng
 from visalign.worlds.shapes import phrasings as ph
 from visalign.worlds.shapes.metadata import validate_metadata
@@ -187,14 +187,7 @@ def generate_splits(seed: int = 0) -> dict[str, list[dict]]:
 
 def load_prompt_file(path: str | Path) -> list[dict]:
     """Read a JSONL file of metadata (one object per line, blank lines skipped), validating every line."""
-    path = Path(path)
-    out = []
-    for lineno, md in read_jsonl(path):
-        validate_metadata(md, f"{path}:{lineno}")
-        out.append(md)
-    if not out:
-        raise UserError(f"{path}: no prompts in file")
-    return out
+    return read_checked(path, validate_metadata, "prompts")
 
 
 def load_split(split: str) -> list[dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from visalign.errors import UserError
-from visalign.jsonl import read_jsonl
+from visalign.jsonl import read_checked
 from visalign.worlds.shapes.metadata import validate_metadata
 from visalign.worlds.shapes.questions_phrasings import QUESTION_TYPES
 from visalign.worlds.shapes.vocab import COLORS, SHAPES
@@ -101,14 +101,7 @@ def validate_item(item: Any, where: str) -> None:
 
 def load_qa_file(path: str | Path) -> list[dict[str, Any]]:
     """The items of a QA JSONL file (blank lines skipped), every line checked."""
-    path = Path(path)
-    items = []
-    for lineno, item in read_jsonl(path):
-        validate_item(item, f"{path}:{lineno}")
-        items.append(item)
-    if not items:
-        raise UserError(f"{path}: no questions in file")
-    return items
+    return read_checked(path, validate_item, "questions")
 
 
 def write_qa_file(path: str | Path, items: list[dict[str, Any]]) -> Path:
