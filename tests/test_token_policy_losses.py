@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from visalign.algorithms._token_policy import (
-    VARIANTS,
     aggregate_token_loss,
     dynamic_sampling_keep,
     masked_sum,
@@ -349,18 +348,22 @@ def test_sequence_log_probs_match_a_float64_computation():
 # ---- the papers' settings -------------------------------------------------------------------------------------
 
 
-def test_variants_carry_their_papers_settings():
-    assert (VARIANTS["dapo"].clip_low, VARIANTS["dapo"].clip_high, VARIANTS["dapo"].loss_agg) == (
-        0.2, 0.28, "token_mean")
-    assert VARIANTS["dapo"].dynamic_sampling and VARIANTS["dapo"].kl_beta == 0.0
-    assert (VARIANTS["gspo"].clip_low, VARIANTS["gspo"].clip_high, VARIANTS["gspo"].ratio_level) == (
-        3e-4, 4e-4, "sequence")
-    assert VARIANTS["grpo"].kl_beta == 0.04 and VARIANTS["grpo"].kl_estimator == "k3"
-    assert (VARIANTS["dr_grpo"].loss_agg, VARIANTS["dr_grpo"].advantage_mode) == ("seq_mean_token_sum_norm",
-                                                                                  "dr_grpo")
-    for name, variant in VARIANTS.items():
-        assert "arXiv:" in variant.paper
-        ref = LOG_PROBS if variant.kl_beta > 0 else None
+def test_the_registered_variants_carry_their_papers_settings():
+    from visalign.algorithms import build_algorithm
+
+    dapo, gspo = build_algorithm("dapo").options, build_algorithm("gspo").options
+    grpo, dr = build_algorithm("grpo").options, build_algorithm("dr_grpo").options
+    assert (dapo.clip_low, dapo.clip_high, dapo.loss_agg, dapo.kl_beta) == (0.2, 0.28, "token_mean", 0.0)
+    assert (gspo.clip_low, gspo.clip_high, gspo.ratio_level) == (3e-4, 4e-4, "sequence")
+    assert grpo.kl_beta == 0.04 and grpo.kl_estimator == "k3"
+    assert dr.loss_agg == "seq_mean_token_sum_norm"
+    for name in ("grpo", "dapo", "dr_grpo", "gspo"):
+        algo = build_algorithm(name)
+        o = algo.options
+        assert "arXiv:" in algo.paper
+        ref = LOG_PROBS if o.kl_beta > 0 else None
         loss, m = token_policy_loss(LOG_PROBS.clone().requires_grad_(), OLD, torch.tensor([1.0, -1.0]), MASK,
-                                    ref_log_probs=ref, max_length=3, **variant.loss_options())
+                                    ref_log_probs=ref, max_length=3, clip_low=o.clip_low, clip_high=o.clip_high,
+                                    ratio_level=o.ratio_level, loss_agg=o.loss_agg, kl_beta=o.kl_beta,
+                                    kl_estimator=o.kl_estimator)
         assert torch.isfinite(loss) and m["log_ratio_abs_max"] == 0.0, name

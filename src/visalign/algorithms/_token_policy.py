@@ -17,7 +17,7 @@ and AGG, the aggregation over the batch (``loss_agg``):
     token_mean               (1 / sum_i L_i) sum_i sum_t mask_it x_it              DAPO's token-level average
     seq_mean_token_sum_norm  (1 / B) sum_i (1 / L_max) sum_t mask_it x_it          Dr. GRPO, L_max a constant
 
-The variants, as options of that one loss (``VARIANTS`` holds each paper's setting):
+The variants, as options of that one loss (``algorithms/grpo.py`` registers each paper's setting as an algorithm):
 
 * GRPO (Shao et al., 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
   arXiv:2402.03300): token ratio, symmetric clip (eps = 0.2, PPO's; Schulman et al., 2017, arXiv:1707.06347),
@@ -51,7 +51,6 @@ value, inf included, and gets exactly zero gradient.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -269,11 +268,13 @@ def token_advantages(
         adv = compute_advantages({"reward": r}, groups, mode="group", std="group", clip=math.inf, eps=eps,
                                  zero_var_tol=zero_var_tol)
         return adv.values, adv.mask
+    if mode == "dr_grpo":
+        adv = compute_advantages({"reward": r}, groups, mode="group", std="none", clip=math.inf, eps=eps,
+                                 zero_var_tol=zero_var_tol)
+        return adv.values, adv.mask
     mean, std, inverse = _group_stats(r, groups)
     keep = std > zero_var_tol
-    if mode == "dr_grpo":
-        values = r - mean
-    elif mode == "rloo":
+    if mode == "rloo":
         size = torch.zeros(int(inverse.max()) + 1 if inverse.numel() else 0, dtype=torch.float64, device=r.device)
         size = size.index_add_(0, inverse, torch.ones_like(r))[inverse]
         values = torch.where(size > 1, size / (size - 1).clamp_min(1) * (r - mean), torch.zeros_like(r))
@@ -291,41 +292,5 @@ def dynamic_sampling_keep(rewards: torch.Tensor, group_ids: torch.Tensor, tol: f
     of groups whose rewards are not all equal (with 0/1 rewards: 0 < accuracy < 1). The others have advantage 0
     under every mode above and only shrink the effective batch; DAPO samples further groups until the batch is
     full of kept ones."""
-    r = rewards.detach().double().flatten()
-    _, std, _ = _group_stats(r, group_ids.flatten())
-    return std > tol
-
-
-# ---- the papers' settings ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TokenPolicyVariant:
-    """One member of the family: the options of ``token_policy_loss`` and ``token_advantages`` it uses."""
-
-    paper: str
-    clip_low: float = 0.2
-    clip_high: float | None = None
-    ratio_level: RatioLevel = "token"
-    loss_agg: LossAgg = "seq_mean_token_mean"
-    kl_beta: float = 0.0
-    kl_estimator: KLEstimator = "k3"
-    advantage_mode: AdvantageMode = "grpo"
-    dynamic_sampling: bool = False
-
-    def loss_options(self) -> dict[str, object]:
-        """Keyword arguments of ``token_policy_loss`` (``max_length`` and the tensors come from the run)."""
-        return {"clip_low": self.clip_low, "clip_high": self.clip_high, "ratio_level": self.ratio_level,
-                "loss_agg": self.loss_agg, "kl_beta": self.kl_beta, "kl_estimator": self.kl_estimator}
-
-
-VARIANTS: dict[str, TokenPolicyVariant] = {
-    "grpo": TokenPolicyVariant(paper="DeepSeekMath (Shao et al., 2024, arXiv:2402.03300)", kl_beta=0.04),
-    "dapo": TokenPolicyVariant(paper="DAPO (Yu et al., 2025, arXiv:2503.14476)", clip_high=0.28,
-                               loss_agg="token_mean", dynamic_sampling=True),
-    "dr_grpo": TokenPolicyVariant(paper="Understanding R1-Zero-Like Training (Liu et al., 2025, arXiv:2503.20783)",
-                                  loss_agg="seq_mean_token_sum_norm", advantage_mode="dr_grpo"),
-    "gspo": TokenPolicyVariant(paper="Group Sequence Policy Optimization (Zheng et al., 2025, arXiv:2507.18071)",
-                               clip_low=3e-4, clip_high=4e-4, ratio_level="sequence"),
-}
-# RLOO and REINFORCE++-baseline are advantage estimators (``token_advantages``): they combine with any loss above.
+    return compute_advantages({"reward": rewards.detach().double().flatten()}, group_ids.flatten(), clip=math.inf,
+                              zero_var_tol=tol).mask

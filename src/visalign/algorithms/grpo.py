@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pydantic import Field
 
-from visalign.algorithms._token_policy import VARIANTS, KLEstimator, LossAgg, RatioLevel, token_policy_loss
+from visalign.algorithms._token_policy import KLEstimator, LossAgg, RatioLevel, token_policy_loss
 from visalign.algorithms.base import Algorithm, RunContext, register_algorithm
 from visalign.config_io import StrictModel
 
@@ -49,7 +49,7 @@ class TokenOptions(StrictModel):
 @register_algorithm("grpo")
 class GRPO(Algorithm):
     approach = "policy gradient"
-    paper = VARIANTS["grpo"].paper
+    paper = "DeepSeekMath (Shao et al., 2024, arXiv:2402.03300)"
     needs = frozenset({"tokens"})
     families = ("lm", "vlm")  # the token policies
     Options = TokenOptions
@@ -78,7 +78,7 @@ class GRPO(Algorithm):
 
 @register_algorithm("dapo")
 class DAPO(GRPO):
-    paper = VARIANTS["dapo"].paper
+    paper = "DAPO (Yu et al., 2025, arXiv:2503.14476)"
 
     class Options(TokenOptions):
         clip_high: float | None = Field(0.28, gt=0.0)
@@ -88,7 +88,7 @@ class DAPO(GRPO):
 
 @register_algorithm("dr_grpo")
 class DrGRPO(GRPO):
-    paper = VARIANTS["dr_grpo"].paper
+    paper = "Understanding R1-Zero-Like Training (Liu et al., 2025, arXiv:2503.20783)"
 
     class Options(TokenOptions):
         loss_agg: LossAgg = "seq_mean_token_sum_norm"
@@ -97,7 +97,7 @@ class DrGRPO(GRPO):
 
 @register_algorithm("gspo")
 class GSPO(GRPO):
-    paper = VARIANTS["gspo"].paper
+    paper = "Group Sequence Policy Optimization (Zheng et al., 2025, arXiv:2507.18071)"
 
     class Options(TokenOptions):
         clip_low: float = Field(3e-4, gt=0.0)
