@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,45 +30,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
-    from visalign.config import load_train_config
-    from visalign.trainer import Trainer
+    from _clock import ForwardBackwardClock, bench_trainer, print_result
 
-    run_dir = tempfile.mkdtemp(prefix="bench_engine_")
     total = args.warmup + args.iterations
-    cfg = load_train_config(args.config, [*args.overrides, f"run_dir={run_dir}", f"train.iterations={total}",
-                                          "eval.enabled=false", "checkpoint.every=0", "log.progress=false"])
-    trainer = Trainer(cfg)
-    net = trainer.generator.denoiser
-    clock = {"forward": 0.0, "backward": 0.0}
-    starts: list[float] = []
-    net.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
-
-    def _after(*_):
-        clock["forward"] += time.perf_counter() - starts.pop()
-
-    net.register_forward_hook(_after)
-    original_backward = torch.Tensor.backward
-
-    def timed_backward(self, *a, **k):
-        t0 = time.perf_counter()
-        try:
-            return original_backward(self, *a, **k)
-        finally:
-            clock["backward"] += time.perf_counter() - t0
-
-    torch.Tensor.backward = timed_backward
+    cfg, trainer = bench_trainer(args.config, args.overrides, total, "bench_engine_")
+    clock = ForwardBackwardClock(trainer.generator.denoiser)
     rows = []
     try:
         for it in range(1, total + 1):
             if it == args.warmup + 1:
-                clock.update(forward=0.0, backward=0.0)
+                clock.reset()
                 wall0 = time.perf_counter()
             row = trainer.iteration(it)
             if it > args.warmup:
                 rows.append(row)
         wall = time.perf_counter() - wall0
     finally:
-        torch.Tensor.backward = original_backward
+        clock.restore()
         trainer.close()
 
     n = len(rows)
@@ -89,12 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
         "s_train": mean["time/train"],
         "rollout_images_per_s": images / mean["time/rollout"],
         "train_sample_steps_per_s": sample_steps / sum(r["time/train"] for r in rows),
-        "share_forward": clock["forward"] / wall,
-        "share_backward": clock["backward"] / wall,
-        "share_forward_backward": (clock["forward"] + clock["backward"]) / wall,
+        **clock.shares(wall),
     }
-    for k, v in result.items():
-        print(f"{k:28s} {v:.3f}" if isinstance(v, float) else f"{k:28s} {v}")
+    print_result(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result

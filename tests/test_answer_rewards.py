@@ -272,3 +272,12 @@ def test_digits_decoded_one_token_apart_are_one_number():
     from visalign.rewards.answers import parse_number
 
     assert parse_number("4 0 7") == 407.0 and parse_number("2") == 2.0 and parse_number("4 two") is None
+
+
+def test_a_box_decoded_one_digit_per_token_parses():
+    from visalign.rewards.answers import parse_box
+
+    # the tiny VLM's word-level tokenizer decodes "[37, 20, 50, 51]" with a space between tokens
+    assert parse_box("[ 3 7, 2 0, 5 0, 5 1 ]") == (37.0, 20.0, 50.0, 51.0)
+    assert parse_box("[ 2 0 , 5 0 , 3 1 , 6 1 ]") == (20.0, 50.0, 31.0, 61.0)
+    assert parse_box("[ 3 7, 2 0, 5 0, 5 0") is None  # unclosed

@@ -14,7 +14,7 @@ import pytest
 
 from benchmark_scripts import BENCHMARKS, EXPERIMENTS
 
-SCRIPTS = sorted(BENCHMARKS.glob("*.py"))
+SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))  # _name.py: a shared helper
 
 
 def _first_docstring_line(path: Path) -> str:
@@ -36,4 +36,4 @@ def test_help_exits_0_and_describes_the_script(script: Path) -> None:
 def test_readme_lists_every_script_and_no_other(folder: Path) -> None:
     readme = (folder / "README.md").read_text()
     listed = set(re.findall(r"^\| `([a-z0-9_]+\.py)`", readme, flags=re.M))
-    assert listed == {p.name for p in folder.glob("*.py")}
+    assert listed == {p.name for p in folder.glob("*.py") if not p.name.startswith("_")}

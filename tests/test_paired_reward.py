@@ -69,6 +69,27 @@ def test_paired_gain_refuses_different_prompts(tmp_path):
         paired_gain(first, last)
 
 
+def _answers(folder: Path, questions: list[str], scores: list[float]) -> Path:
+    folder.mkdir(parents=True)
+    rows = [{"prompt": q, "type": "count", "answer": "1", "score": v} for q, v in zip(questions, scores, strict=True)]
+    (folder / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_paired_answers_between_two_token_policy_evaluations_by_hand(tmp_path):
+    from visalign.eval.paired import paired_answers
+
+    questions = ["q1", "q2", "q3"]
+    first = _answers(tmp_path / "iter_0000", questions, [0.0, 1.0, 0.0])
+    last = _answers(tmp_path / "iter_0010", questions, [1.0, 1.0, 1.0])
+    gain = paired_answers(first, last)
+    # differences 1, 0, 1: mean 2/3, sample sd sqrt(((1/3)^2 * 2 + (2/3)^2) / 2)
+    assert gain["diff_mean"] == pytest.approx(2 / 3)
+    assert gain["diff_se"] == pytest.approx(math.sqrt((2 / 9 + 4 / 9) / 2) / math.sqrt(3))
+    with pytest.raises(UserError, match="same questions in the same order"):
+        paired_answers(first, _answers(tmp_path / "other", ["q2", "q1", "q3"], [0.0, 0.0, 0.0]))
+
+
 META = {"prompt": "a photo of a red circle", "tag": "single_object", "include": [{"class": "circle", "count": 1}]}
 
 

@@ -12,6 +12,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_pretrain_config_validates(path):
+    from visalign.pretrain.vlm.config import VLMPretrainConfig, is_vlm_config
+
+    if is_vlm_config(path):
+        vlm = load_config(VLMPretrainConfig, path)
+        assert vlm.train.steps > 0 and vlm.log.eval_every > 0
+        return
     cfg = load_config(PretrainConfig, path)
     assert cfg.family in ("flow", "diffusion")
     assert cfg.train.steps > 0 and cfg.vae.steps > 0

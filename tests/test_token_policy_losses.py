@@ -367,3 +367,23 @@ def test_the_registered_variants_carry_their_papers_settings():
                                     ratio_level=o.ratio_level, loss_agg=o.loss_agg, kl_beta=o.kl_beta,
                                     kl_estimator=o.kl_estimator)
         assert torch.isfinite(loss) and m["log_ratio_abs_max"] == 0.0, name
+
+
+def test_rloo_and_reinforce_pp_are_advantage_modes_of_a_run():
+    import torch
+
+    from visalign.advantages import compute_advantages
+    from visalign.config import load_train_config
+
+    assert load_train_config(None, ["advantage.mode=rloo"]).advantage.mode == "rloo"
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    rloo = compute_advantages({"r": rewards}, groups, mode="rloo")
+    # by hand: the first answer's baseline is the mean of the other two (0), the second's (1 + 0) / 2
+    torch.testing.assert_close(rloo.values, torch.tensor([1.0, -0.5, -0.5, -1.0, 0.5, 0.5]))
+    clipped = compute_advantages({"r": rewards}, groups, mode="rloo", clip=0.75)
+    torch.testing.assert_close(clipped.values, torch.tensor([0.75, -0.5, -0.5, -0.75, 0.5, 0.5]))
+    pp = compute_advantages({"r": rewards}, groups, mode="reinforce_pp").values.double()
+    centred = torch.tensor([2 / 3, -1 / 3, -1 / 3, -2 / 3, 1 / 3, 1 / 3], dtype=torch.float64)
+    torch.testing.assert_close(pp, (centred - centred.mean()) / (centred.std(unbiased=False) + 1e-4),
+                               rtol=1e-6, atol=1e-6)

@@ -224,7 +224,12 @@ def test_every_recipe_validates_with_registered_rewards_and_algorithms(path):
 
 @pytest.mark.parametrize("path", PRETRAIN, ids=lambda p: p.name)
 def test_every_pretrain_config_validates(path):
-    assert load_config(PretrainConfig, path).family in ("flow", "diffusion")
+    from visalign.pretrain.vlm.config import VLMPretrainConfig, is_vlm_config
+
+    if is_vlm_config(path):
+        assert load_config(VLMPretrainConfig, path).family == "vlm"
+    else:
+        assert load_config(PretrainConfig, path).family in ("flow", "diffusion")
 
 
 def test_shipped_configs_were_found():

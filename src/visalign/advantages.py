@@ -1,10 +1,19 @@
-"""Advantages from rewards: group normalisation (GRPO) or per-reward group normalisation (GDPO).
+"""Advantages from rewards: group normalisation (GRPO), per-reward group normalisation (GDPO), leave-one-out
+(RLOO) and batch-whitened (REINFORCE++) baselines.
 
 * ``group`` (GRPO, Shao et al., 2024; Flow-GRPO): A_i = clip((R_i - mean_group R) / (std + eps), -c, c), with the
   group's std (``std="group"``) or the std over the whole gathered batch (``std="global"``, flow_grpo's default), or
   no division at all (``std="none"``: A_i = R_i - mean_group R, Dr. GRPO, Liu et al., 2025, arXiv:2503.20783).
 * ``gdpo``: each reward is normalised within its group first, then the weighted sum is normalised over the batch:
   S_i = sum_k w_k (r_k,i - mean_group r_k) / (std_group r_k + eps), A_i = clip((S_i - mean S) / (std S + eps), -c, c).
+* ``rloo`` (Kool et al., 2019, "Buy 4 REINFORCE Samples, Get a Baseline for Free!"; Ahmadian et al., 2024,
+  arXiv:2402.14740): each sample's baseline is the mean of the other G - 1 of its group,
+  A_i = clip(R_i - (sum_g R - R_i) / (G - 1), -c, c) = clip(G / (G - 1) (R_i - mean_group R), -c, c); 0 in groups
+  of one. ``std`` is not used.
+* ``reinforce_pp``: REINFORCE++-baseline (Hu et al., 2025, arXiv:2501.03262, its variant for k > 1 samples per
+  prompt): the group mean is subtracted, then the result is whitened over the whole batch, A~_i = R_i - m_g,
+  A_i = clip((A~_i - mean_N A~) / (std_N A~ + eps), -c, c) (zero-variance groups included as zeros). Every
+  sequence counts once; OpenRLHF whitens over answer tokens, which weighs each sequence by its length.
 
 Every std is the population standard deviation (``unbiased=False``), as in GRPO implementations.
 
@@ -17,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+MODES = ("group", "gdpo", "rloo", "reinforce_pp")
 
 
 @dataclass
@@ -70,8 +81,8 @@ def compute_advantages(
     zero_var_tol: float = 1e-8,
 ) -> Advantages:
     """Advantages for N samples; ``rewards`` maps reward names to ``[N]`` tensors, ``groups`` is ``[N]`` ints."""
-    if mode not in ("group", "gdpo"):
-        raise ValueError(f"advantage mode must be 'group' or 'gdpo', got '{mode}'")
+    if mode not in MODES:
+        raise ValueError(f"advantage mode must be one of {', '.join(MODES)}, got '{mode}'")
     if std not in ("group", "global", "none"):
         raise ValueError(f"advantage std must be 'group', 'global' or 'none', got '{std}'")
     names = list(weights) if weights else list(rewards)[:1]
@@ -79,9 +90,16 @@ def compute_advantages(
     r = {k: rewards[k].detach().double().flatten() for k in names}
     groups = groups.flatten()
     combined = sum(w[k] * r[k] for k in names)
-    _, gstd, inverse = _group_stats(combined, groups)
+    gmean, gstd, inverse = _group_stats(combined, groups)
     if mode == "group":
         adv = _zscore_in_groups(combined, groups, std, eps)
+    elif mode == "rloo":
+        size = torch.zeros(int(inverse.max()) + 1 if inverse.numel() else 0, dtype=torch.float64)
+        size = size.index_add_(0, inverse, torch.ones_like(combined))[inverse]
+        adv = torch.where(size > 1, size / (size - 1).clamp_min(1) * (combined - gmean), torch.zeros_like(combined))
+    elif mode == "reinforce_pp":
+        centred = combined - gmean
+        adv = (centred - centred.mean()) / (centred.std(unbiased=False) + eps)
     else:
         per = sum(w[k] * _zscore_in_groups(r[k], groups, "group", eps) for k in names)
         adv = (per - per.mean()) / (per.std(unbiased=False) + eps)

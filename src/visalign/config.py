@@ -69,7 +69,7 @@ class RewardSpec(StrictModel):
 
 
 class AdvantageConfig(StrictModel):
-    mode: Literal["group", "gdpo"] = "group"
+    mode: Literal["group", "gdpo", "rloo", "reinforce_pp"] = "group"  # rloo / reinforce_pp: advantages.py
     std: Literal["group", "global", "none"] = "group"  # none: R - mean_group R (Dr. GRPO)
     clip: float = Field(5.0, gt=0)
     eps: float = Field(1e-4, gt=0)

@@ -70,11 +70,16 @@ def _load_jsonl_prompts(path: Path, load_prompt_file: Any) -> list[dict[str, Any
     return rows
 
 
+def group_of(item: dict[str, Any]) -> str | None:
+    """What balancing and stratified subsets group by: a prompt's ``tag``, else a question's ``type``."""
+    return item.get("tag", item.get("type"))
+
+
 def balance_by_tag(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each tag's items repeated in order up to the largest tag's count (items without a tag form one group)."""
     groups: dict[Any, list[dict[str, Any]]] = {}
     for item in items:
-        groups.setdefault(item.get("tag"), []).append(item)
+        groups.setdefault(group_of(item), []).append(item)
     top = max(len(g) for g in groups.values())
     return [g[i % len(g)] for g in groups.values() for i in range(top)]
 
@@ -89,7 +94,7 @@ def stratified(items: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """The first ``n`` items taken round-robin over tags (so that a subset still covers every tag)."""
     by_tag: dict[str, list[dict[str, Any]]] = {}
     for item in items:
-        by_tag.setdefault(str(item.get("tag", "")), []).append(item)
+        by_tag.setdefault(str(group_of(item) or ""), []).append(item)
     out: list[dict[str, Any]] = []
     depth = 0
     while len(out) < min(n, len(items)):

@@ -187,6 +187,9 @@ def run_token_rollout(
     ids, attn = left_pad(prompt_tokens, pad)
     forbidden = sorted(set(plan.forbidden_token_ids) | ({pad} if pad != eos else set()))
     chunk = plan.batch_size if plan.batch_size > 0 else n
+    # greedy takes no sampling flags (generate warns about them); sampling keeps the whole vocabulary (top_k 0)
+    sampling = ({"do_sample": True, "temperature": plan.temperature, "top_p": plan.top_p, "top_k": 0}
+                if plan.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
     completions: list[torch.Tensor] = []
     for s in range(0, n, chunk):
         rows = slice(s, min(s + chunk, n))
@@ -194,8 +197,7 @@ def run_token_rollout(
             torch.manual_seed(_chunk_seed(seeds[rows]))
             out = model.generate(
                 input_ids=ids[rows], attention_mask=attn[rows], **collate_extra(extra[rows]),
-                do_sample=plan.temperature > 0, temperature=plan.temperature if plan.temperature > 0 else None,
-                top_p=plan.top_p, top_k=0, max_new_tokens=plan.max_new_tokens,
+                **sampling, max_new_tokens=plan.max_new_tokens,
                 stop_strings=list(plan.stop_strings) or None, tokenizer=tokenizer if plan.stop_strings else None,
                 bad_words_ids=[[t] for t in forbidden] or None, pad_token_id=pad, eos_token_id=eos,
             )
@@ -247,8 +249,11 @@ class TokenRollouts:
 
     def evaluate(self, cfg: Any, items: Sequence[dict[str, Any]], out_dir: Any,
                  rewards: Sequence[tuple[Any, float]]) -> dict[str, Any]:
-        """Greedy answers to the held-out prompts, scored by the run's rewards: ``overall`` is the first reward's
-        mean, ``per_tag`` its mean per item ``type`` (or ``tag``); writes ``results.json`` and ``answers.jsonl``."""
+        """Greedy answers to the held-out prompts, scored by the run's rewards: ``overall`` is the exact-match
+        accuracy where the first reward reports one (its ``answer_correct`` component, the pass / fail view: IoU >=
+        0.5 for a box), else the first reward's mean; ``per_tag`` the same per item ``type`` (or ``tag``);
+        ``held_out`` over the items on combinations held out of train. Writes ``results.json`` and
+        ``answers.jsonl`` (one line per item, in order: the paired comparisons of ``visalign.eval`` read it)."""
         import json
         import time
         from dataclasses import replace
@@ -262,16 +267,27 @@ class TokenRollouts:
         ids = torch.arange(len(chosen))
         ro = self._run(chosen, ids, [0] * len(chosen), replace(self.plan, temperature=0.0))
         scores = score_outputs(rewards, ro.outputs, ro.prompts, ro.metadata, ids)
-        main = scores[reward_name(rewards[0][0])] if rewards else torch.zeros(len(chosen))
+        first = reward_name(rewards[0][0]) if rewards else None
+        if first is not None and f"{first}/answer_correct" in scores:  # exact match: the pass / fail component
+            main = scores[f"{first}/answer_correct"]
+        else:
+            main = scores[first] if first is not None else torch.zeros(len(chosen))
         tags = [str(m.get("type", m.get("tag", ""))) for m in chosen]
-        per_tag = {t: float(main[torch.tensor([x == t for x in tags])].mean()) for t in sorted(set(tags)) if t}
+        per_tag = {t: float(main[torch.tensor([x == t for x in tags])].mean()) for t in dict.fromkeys(tags) if t}
         result = {"overall": float(main.mean()), "per_tag": per_tag,
                   "rewards": {k: float(v.mean()) for k, v in scores.items()}, "n": len(chosen),
                   "seconds": time.perf_counter() - t0}
+        held = torch.tensor([bool(m.get("held_out")) for m in chosen])
+        if bool(held.any()):
+            result["held_out"] = float(main[held].mean())
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "answers.jsonl", "w") as f:
-            for item, answer, score in zip(chosen, ro.completions, main.tolist(), strict=True):
-                f.write(json.dumps({"prompt": item["prompt"], "answer": answer, "score": score}) + "\n")
+            for item, answer, score, tag in zip(chosen, ro.completions, main.tolist(), tags, strict=True):
+                row = {"prompt": item["prompt"], "type": tag, "answer": answer, "score": score,
+                       "target": item.get("answer")}
+                if isinstance(item.get("image"), dict):  # a world's image spec (a report renders it again)
+                    row["image"] = item["image"]
+                f.write(json.dumps(row) + "\n")
         (out / "results.json").write_text(json.dumps(result, indent=1))
         return result

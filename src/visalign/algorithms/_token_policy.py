@@ -55,7 +55,7 @@ from typing import Literal
 
 import torch
 
-from visalign.advantages import _group_stats, compute_advantages
+from visalign.advantages import compute_advantages
 from visalign.algorithms.common import kl_estimate
 from visalign.token_rollout import gather_log_probs
 
@@ -264,27 +264,16 @@ def token_advantages(
     groups = group_ids.flatten()
     if r.shape != groups.shape:
         raise ValueError(f"rewards and group_ids must both be [N], got {tuple(rewards.shape)}, {tuple(group_ids.shape)}")
-    if mode == "grpo":
-        adv = compute_advantages({"reward": r}, groups, mode="group", std="group", clip=math.inf, eps=eps,
-                                 zero_var_tol=zero_var_tol)
-        return adv.values, adv.mask
-    if mode == "dr_grpo":
-        adv = compute_advantages({"reward": r}, groups, mode="group", std="none", clip=math.inf, eps=eps,
-                                 zero_var_tol=zero_var_tol)
-        return adv.values, adv.mask
-    mean, std, inverse = _group_stats(r, groups)
-    keep = std > zero_var_tol
-    if mode == "rloo":
-        size = torch.zeros(int(inverse.max()) + 1 if inverse.numel() else 0, dtype=torch.float64, device=r.device)
-        size = size.index_add_(0, inverse, torch.ones_like(r))[inverse]
-        values = torch.where(size > 1, size / (size - 1).clamp_min(1) * (r - mean), torch.zeros_like(r))
-    elif mode == "reinforce_pp":
-        centred = r - mean
-        values = (centred - centred.mean()) / (centred.std(unbiased=False) + eps)
-    else:
-        raise ValueError(f"unknown advantage mode '{mode}' (grpo, dr_grpo, rloo, reinforce_pp)")
-    values = torch.where(keep, values, torch.zeros_like(values))
-    return values.float(), keep
+    if mode not in _MODES:
+        raise ValueError(f"unknown advantage mode '{mode}' ({', '.join(_MODES)})")
+    adv = compute_advantages({"reward": r}, groups, mode=_MODES[mode][0], std=_MODES[mode][1], clip=math.inf,
+                             eps=eps, zero_var_tol=zero_var_tol)
+    return adv.values, adv.mask
+
+
+# token_advantages' modes as (advantages.compute_advantages mode, std)
+_MODES = {"grpo": ("group", "group"), "dr_grpo": ("group", "none"), "rloo": ("rloo", "none"),
+          "reinforce_pp": ("reinforce_pp", "none")}
 
 
 def dynamic_sampling_keep(rewards: torch.Tensor, group_ids: torch.Tensor, tol: float = 1e-8) -> torch.Tensor:

@@ -30,12 +30,13 @@ def _find(name: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     path = _find(args.name)
-    argv = sys.argv
+    argv, search = sys.argv, list(sys.path)
     sys.argv = [str(path), *args.args]
+    sys.path.insert(0, str(path.parent))  # as `python benchmarks/bench_NAME.py` would: its helpers import
     try:
         runpy.run_path(str(path), run_name="__main__")
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
-        sys.argv = argv
+        sys.argv, sys.path[:] = argv, search
     return 0

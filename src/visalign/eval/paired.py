@@ -60,6 +60,17 @@ def paired_gain(first: str | Path, last: str | Path) -> PairedDifference:
     return paired({i: float(x["correct"]) for i, x in enumerate(a)}, {i: float(x["correct"]) for i, x in enumerate(b)})
 
 
+def paired_answers(first: str | Path, last: str | Path) -> PairedDifference:
+    """Exact-match gain between two held-out evaluations of a token policy (their ``answers.jsonl``), question by
+    question: item i of both must be the same question."""
+    from visalign.jsonl import read_log
+
+    a, b = (read_log(Path(p) / "answers.jsonl", "answer line") for p in (first, last))
+    if [x["prompt"] for x in a] != [x["prompt"] for x in b]:
+        raise UserError(f"{first} and {last} do not hold the same questions in the same order")
+    return paired({i: float(x["score"]) for i, x in enumerate(a)}, {i: float(x["score"]) for i, x in enumerate(b)})
+
+
 def folder_scores(folder: str | Path, reward: str) -> dict[tuple[int, int], float]:
     """A registered reward of every image of a GenEval-layout folder, keyed by (prompt index, image index)."""
     from visalign.eval.folder_rewards import prompt_scores

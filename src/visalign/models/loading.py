@@ -27,7 +27,9 @@ from visalign.errors import UserError
 Family = Literal["flow", "diffusion"]
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
-ALIASES: dict[str, str] = {"shapes-flow": "shapes-flow", "shapes-diffusion": "shapes-diffusion"}
+ALIASES: dict[str, str] = {
+    "shapes-flow": "shapes-flow", "shapes-diffusion": "shapes-diffusion", "shapes-vlm": "shapes-vlm",
+}  # fmt: skip
 FAMILIES: dict[str, Family] = {"StableDiffusion3Pipeline": "flow", "StableDiffusionPipeline": "diffusion"}
 # Components a family cannot run without (T5 and the safety checker are optional).
 REQUIRED: dict[Family, tuple[str, ...]] = {

@@ -64,6 +64,15 @@ def _with_image(messages: list[dict[str, Any]], image: np.ndarray) -> list[dict[
     return out
 
 
+def encode_question(processor: Any, item: dict[str, Any]) -> tuple[list[int], dict[str, torch.Tensor]]:
+    """An item's prompt token ids (chat template, generation prompt appended) and its image inputs
+    (``pixel_values``, ``image_grid_thw``): what an answer is sampled, or supervised, after."""
+    messages = item.get("messages") or [{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": item["prompt"]}]}]
+    batch = processor.process_chat([_with_image(messages, item_image(item))], add_generation_prompt=True)
+    return batch["input_ids"][0].tolist(), {k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch}
+
+
 class VLMPolicy(TokenPolicy):
     family = "vlm"
     forward = staticmethod(vlm_forward)
@@ -74,14 +83,12 @@ class VLMPolicy(TokenPolicy):
         self.processor = pipeline.processor
 
     def encode_items(self, items: Sequence[dict[str, Any]]) -> tuple[list[list[int]], list[dict[str, torch.Tensor]]]:
-        tokens, extra = [], []
+        once: dict[int, tuple[list[int], dict[str, torch.Tensor]]] = {}  # a group repeats one item G times
         for item in items:
-            messages = item.get("messages") or [{"role": "user", "content": [
-                {"type": "image"}, {"type": "text", "text": item["prompt"]}]}]
-            batch = self.processor.process_chat([_with_image(messages, item_image(item))], add_generation_prompt=True)
-            tokens.append(batch["input_ids"][0].tolist())
-            extra.append({k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch})
-        return tokens, extra
+            if id(item) not in once:
+                once[id(item)] = encode_question(self.processor, item)
+        encoded = [once[id(item)] for item in items]
+        return [list(tokens) for tokens, _ in encoded], [extra for _, extra in encoded]
 
     def forbidden_token_ids(self) -> tuple[int, ...]:
         vocab = self.tokenizer.get_vocab()

@@ -144,8 +144,16 @@ def build_vlm(
 
 def save_vlm(model: Qwen2VLForConditionalGeneration, processor: VLMProcessor, folder: str | Path) -> Path:
     """Write model, tokenizer and processor files into ``folder`` in the Qwen2-VL checkpoint layout."""
+    from transformers.utils import logging as hf_logging
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder), safe_serialization=True)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its "Writing model shards" bar would interleave with the caller's
+    try:
+        model.save_pretrained(str(folder), safe_serialization=True)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     processor.save_pretrained(folder)
     return folder

@@ -18,7 +18,7 @@ from visalign.seeding import numpy_rng
 if TYPE_CHECKING:
     from visalign.pretrain.config import PretrainConfig
 
-STAGE_IDS = {"vae": 1, "denoiser": 2, "stats": 3, "reflow": 4}
+STAGE_IDS = {"vae": 1, "denoiser": 2, "stats": 3, "reflow": 4, "vlm": 5}
 
 
 @dataclass

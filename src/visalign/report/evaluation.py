@@ -140,10 +140,10 @@ def eval_row(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def headline(result: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The summary's view of an evaluation: overall, per tag, soft."""
+    """The summary's view of an evaluation: overall, per tag, soft, held out."""
     if result is None:
         return None
-    return {k: result[k] for k in ("overall", "per_tag", "soft") if k in result}
+    return {k: result[k] for k in ("overall", "per_tag", "soft", "held_out") if k in result}
 
 
 def read_eval(run_dir: Path, iteration: int) -> dict[str, Any] | None:

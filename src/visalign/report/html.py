@@ -1,7 +1,7 @@
 """One self-contained HTML page per run (``visalign report RUN_DIR``; also written at the end of training).
 
 It embeds (base64) the reward and eval curves, before/after image grids per tag on fixed seeds (the first and
-last evaluation), the held-out scores, the time split and the resolved config. The curves and a before / after
+last evaluation; for a token policy, the questions with the first and last evaluations' answers, ``answers.py``), the held-out scores, the time split and the resolved config. The curves and a before / after
 sheet are also written as PNG files under ``RUN_DIR/figures/`` (``report/figures.py``).
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from visalign.errors import UserError
 from visalign.report import plots
+from visalign.report.answers import answer_grid, has_answers
 from visalign.report.figures import paired_samples, write_figures
 from visalign.report.metrics import read_metrics
 
@@ -22,6 +23,17 @@ def _img(png: bytes | None, alt: str) -> str:
     if png is None:
         return f"<p><i>no data for {html.escape(alt)}</i></p>"
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _grid_per_tag(config: str) -> int:
+    """``log.grid_per_tag`` of the run's resolved config (2 where it cannot be read)."""
+    import yaml
+
+    try:
+        value = ((yaml.safe_load(config) or {}).get("log") or {}).get("grid_per_tag", 2)
+    except (yaml.YAMLError, AttributeError):
+        return 2
+    return value if isinstance(value, int) and value >= 0 else 2
 
 
 def _eval_dirs(run_dir: Path) -> list[Path]:
@@ -58,6 +70,14 @@ def _score_table(run_dir: Path, evals: list[Path]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def _before_after(evals: list[Path], per_tag: int) -> str:
+    if not evals:
+        return "<p><i>no evaluation</i></p>"
+    if has_answers(evals[0]) and has_answers(evals[-1]):  # a token policy: questions and answers
+        return answer_grid(evals[0], evals[-1], per_tag)
+    return _grids(evals[0], evals[-1])
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -68,6 +88,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     evals = _eval_dirs(run_dir)
+    grid_per_tag = _grid_per_tag(config)
     timings = summary.get("timings_s", {})
     timing_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items())
     headline = ""
@@ -80,7 +101,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
 .grid img {{ width: 128px; image-rendering: pixelated; }} .tag {{ background: #eef; text-align: left; }}
-.headline {{ font-size: 1.3em; }} pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
+.headline {{ font-size: 1.3em; }} .ok {{ color: #080; }} .bad {{ color: #c00; }} pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 </style></head><body>
 <h1>Run {html.escape(run_dir.name)}</h1>
 {headline}
@@ -90,7 +111,7 @@ table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px soli
 <h2>Held-out scores</h2>
 {_score_table(run_dir, evals)}
 <h2>Before / after (fixed seeds)</h2>
-{_grids(evals[0], evals[-1]) if evals else "<p><i>no evaluation</i></p>"}
+{_before_after(evals, grid_per_tag)}
 <h2>Timings</h2>
 <table>{timing_rows}</table>
 {_img(plots.timing_bars(timings), "time split")}

@@ -84,7 +84,8 @@ def answer_matches(output: str, target: str) -> bool:
 
 def parse_box(text: str) -> Box | None:
     """The first ``[x0, y0, x1, y1]`` (or ``(...)``) in ``text`` with x0 < x1 and y0 < y1, else None."""
-    match = _BOX.search(text)
+    # "[ 3 7, 2 0, 5 0, 5 0 ]": a word-level tokenizer decodes one digit per token
+    match = _BOX.search(_SPACED_DIGITS.sub(lambda m: m.group(0).replace(" ", ""), text))
     if match is None:
         return None
     x0, y0, x1, y1 = (float(v) for v in match.groups())

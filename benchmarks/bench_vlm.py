@@ -1,0 +1,93 @@
+"""VLM quickstart benchmark: where a token-policy iteration's time goes.
+
+    python benchmarks/bench_vlm.py [--iterations 3] [--json out.json] [section.key=value ...]
+    visalign bench vlm [same arguments]
+
+Runs a few training iterations of ``recipes/vlm_quickstart.yaml`` (evaluation and checkpoints off) and reports
+seconds per iteration split into rollout / reward / train, sampled answer tokens per second of rollout, trained
+answer tokens per second of training (tokens through forward + backward, every inner epoch), and the share of
+wall time inside the model's forward and inside backward passes (generate's forward calls included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "recipes" / "vlm_quickstart.yaml"))
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+
+    from _clock import ForwardBackwardClock, bench_trainer, print_result
+    from visalign.token_rollout import TokenRollout
+
+    total = args.warmup + args.iterations
+    cfg, trainer = bench_trainer(args.config, args.overrides, total, "bench_vlm_")
+    clock = ForwardBackwardClock(trainer.generator.denoiser)
+    tokens = {"sampled": 0, "trained": 0}
+    original_rollout, original_batch = trainer.rollouts.rollout, TokenRollout.token_batch
+
+    def counted_rollout(*a, **k):
+        rollout = original_rollout(*a, **k)
+        tokens["sampled"] += int(rollout.completion_mask.sum())
+        return rollout
+
+    def counted_batch(self, indices):
+        tokens["trained"] += int(self.completion_mask[indices].sum())
+        return original_batch(self, indices)
+
+    trainer.rollouts.rollout = counted_rollout
+    TokenRollout.token_batch = counted_batch
+    rows = []
+    try:
+        for it in range(1, total + 1):
+            if it == args.warmup + 1:
+                clock.reset()
+                tokens.update(sampled=0, trained=0)
+                wall0 = time.perf_counter()
+            row = trainer.iteration(it)
+            if it > args.warmup:
+                rows.append(row)
+        wall = time.perf_counter() - wall0
+    finally:
+        clock.restore()
+        TokenRollout.token_batch = original_batch
+        trainer.close()
+
+    n = len(rows)
+    mean = {k: sum(r[k] for r in rows) / n for k in ("time/rollout", "time/reward", "time/train")}
+    result = {
+        "config": args.config,
+        "overrides": args.overrides,
+        "iterations": n,
+        "threads": torch.get_num_threads(),
+        "answers_per_iteration": cfg.data.prompts_per_iter * cfg.data.group_size,
+        "s_per_iteration": wall / n,
+        "s_rollout": mean["time/rollout"],
+        "s_reward": mean["time/reward"],
+        "s_train": mean["time/train"],
+        "sampled_tokens_per_s": tokens["sampled"] / sum(r["time/rollout"] for r in rows),
+        "trained_tokens_per_s": tokens["trained"] / sum(r["time/train"] for r in rows),
+        **clock.shares(wall),
+    }
+    print_result(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
