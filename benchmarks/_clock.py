@@ -56,6 +56,33 @@ def bench_trainer(config: str, overrides: list[str], iterations: int, prefix: st
     return cfg, Trainer(cfg)
 
 
+def timed_iterations(trainer: Any, clock: ForwardBackwardClock, warmup: int, iterations: int,
+                     on_start: Any = None) -> tuple[list[dict[str, Any]], float]:
+    """Run ``warmup`` then ``iterations`` iterations; the timed iterations' metric rows and their wall time.
+    The clock (and ``on_start()``, when given) is reset when timing starts; the clock is restored and the trainer
+    closed at the end."""
+    rows: list[dict[str, Any]] = []
+    try:
+        for it in range(1, warmup + iterations + 1):
+            if it == warmup + 1:
+                clock.reset()
+                if on_start is not None:
+                    on_start()
+                wall0 = time.perf_counter()
+            row = trainer.iteration(it)
+            if it > warmup:
+                rows.append(row)
+        return rows, time.perf_counter() - wall0
+    finally:
+        clock.restore()
+        trainer.close()
+
+
+def mean_split(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean seconds per iteration in rollout, reward and train."""
+    return {k: sum(r[k] for r in rows) / len(rows) for k in ("time/rollout", "time/reward", "time/train")}
+
+
 def print_result(result: dict[str, Any]) -> None:
     for k, v in result.items():
         print(f"{k:28s} {v:.3f}" if isinstance(v, float) else f"{k:28s} {v}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,28 +29,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
-    from _clock import ForwardBackwardClock, bench_trainer, print_result
+    from _clock import ForwardBackwardClock, bench_trainer, mean_split, print_result, timed_iterations
 
     total = args.warmup + args.iterations
     cfg, trainer = bench_trainer(args.config, args.overrides, total, "bench_engine_")
     clock = ForwardBackwardClock(trainer.generator.denoiser)
-    rows = []
-    try:
-        for it in range(1, total + 1):
-            if it == args.warmup + 1:
-                clock.reset()
-                wall0 = time.perf_counter()
-            row = trainer.iteration(it)
-            if it > args.warmup:
-                rows.append(row)
-        wall = time.perf_counter() - wall0
-    finally:
-        clock.restore()
-        trainer.close()
-
+    rows, wall = timed_iterations(trainer, clock, args.warmup, args.iterations)
     n = len(rows)
     images = cfg.data.prompts_per_iter * cfg.data.group_size
-    mean = {k: sum(r[k] for r in rows) / n for k in ("time/rollout", "time/reward", "time/train")}
+    mean = mean_split(rows)
     sample_steps = sum(r["trained_samples"] for r in rows) * trainer.rollouts.num_train_steps_effective * cfg.train.inner_epochs
     result = {
         "config": args.config,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
-    from _clock import ForwardBackwardClock, bench_trainer, print_result
+    from _clock import ForwardBackwardClock, bench_trainer, mean_split, print_result, timed_iterations
     from visalign.token_rollout import TokenRollout
 
     total = args.warmup + args.iterations
@@ -51,24 +50,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     trainer.rollouts.rollout = counted_rollout
     TokenRollout.token_batch = counted_batch
-    rows = []
     try:
-        for it in range(1, total + 1):
-            if it == args.warmup + 1:
-                clock.reset()
-                tokens.update(sampled=0, trained=0)
-                wall0 = time.perf_counter()
-            row = trainer.iteration(it)
-            if it > args.warmup:
-                rows.append(row)
-        wall = time.perf_counter() - wall0
+        rows, wall = timed_iterations(trainer, clock, args.warmup, args.iterations,
+                                      on_start=lambda: tokens.update(sampled=0, trained=0))
     finally:
-        clock.restore()
         TokenRollout.token_batch = original_batch
-        trainer.close()
-
     n = len(rows)
-    mean = {k: sum(r[k] for r in rows) / n for k in ("time/rollout", "time/reward", "time/train")}
+    mean = mean_split(rows)
     result = {
         "config": args.config,
         "overrides": args.overrides,

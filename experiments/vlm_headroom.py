@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
     from visalign.eval.pass_at_k import pass_at_k
     from visalign.models.loading import resolve_model_path
-    from visalign.models.vlm import VISION_TOKENS, encode_question, vlm_forward
+    from visalign.models.vlm import encode_question, vlm_forbidden_ids, vlm_forward
     from visalign.models.vlm_loading import load_vlm
     from visalign.pretrain.vlm.evaluation import score_answers
     from visalign.token_rollout import TokenRolloutPlan, run_token_rollout
@@ -39,9 +39,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     items = load_qa_split(args.split)
     model, processor = load_vlm(resolve_model_path(args.model))  # a folder or the shipped alias shapes-vlm
     tok = processor.tokenizer
-    vocab = tok.get_vocab()
     plan = TokenRolloutPlan(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            forbidden_token_ids=tuple(vocab[t] for t in VISION_TOKENS if t in vocab), batch_size=256)
+                            forbidden_token_ids=vlm_forbidden_ids(tok), batch_size=256)
     repeated = [item for item in items for _ in range(args.k)]
     encoded = {id(item): encode_question(processor, item) for item in items}
     rows = [encoded[id(item)] for item in repeated]

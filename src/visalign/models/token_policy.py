@@ -24,6 +24,12 @@ from visalign.models.base import Generator
 from visalign.token_rollout import Forward, causal_lm_forward, completion_log_probs
 
 
+def text_forbidden_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Tokens an answer may never contain: beginning-of-sequence and unknown (padding is added by the rollout)."""
+    tok = tokenizer
+    return tuple(t for t in (tok.bos_token_id, tok.unk_token_id) if t is not None and t != tok.eos_token_id)
+
+
 class TokenPipeline:
     """A model and its tokenizer, shaped like a diffusers pipeline for the adapter (``components``, ``to``)."""
 
@@ -73,9 +79,7 @@ class TokenPolicy(Generator):
         return [bos + tok(item["prompt"], add_special_tokens=False)["input_ids"] for item in items], [{} for _ in items]
 
     def forbidden_token_ids(self) -> tuple[int, ...]:
-        """Tokens an answer may never contain: beginning-of-sequence and unknown (padding is added by the rollout)."""
-        tok = self.tokenizer
-        return tuple(t for t in (tok.bos_token_id, tok.unk_token_id) if t is not None and t != tok.eos_token_id)
+        return text_forbidden_ids(self.tokenizer)
 
     def completion_log_probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
                              extra: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from visalign.models.token_policy import TokenPipeline, TokenPolicy
+from visalign.models.token_policy import TokenPipeline, TokenPolicy, text_forbidden_ids
 
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
 
@@ -64,6 +64,13 @@ def _with_image(messages: list[dict[str, Any]], image: np.ndarray) -> list[dict[
     return out
 
 
+def vlm_forbidden_ids(tokenizer: Any) -> tuple[int, ...]:
+    """A language model's forbidden answer tokens and the image, video and vision-delimiter tokens."""
+    vocab = tokenizer.get_vocab()
+    vision = {vocab[t] for t in VISION_TOKENS if t in vocab}
+    return tuple(sorted(set(text_forbidden_ids(tokenizer)) | vision))
+
+
 def encode_question(processor: Any, item: dict[str, Any]) -> tuple[list[int], dict[str, torch.Tensor]]:
     """An item's prompt token ids (chat template, generation prompt appended) and its image inputs
     (``pixel_values``, ``image_grid_thw``): what an answer is sampled, or supervised, after."""
@@ -91,6 +98,4 @@ class VLMPolicy(TokenPolicy):
         return [list(tokens) for tokens, _ in encoded], [extra for _, extra in encoded]
 
     def forbidden_token_ids(self) -> tuple[int, ...]:
-        vocab = self.tokenizer.get_vocab()
-        vision = tuple(vocab[t] for t in VISION_TOKENS if t in vocab)
-        return tuple(sorted(set(super().forbidden_token_ids()) | set(vision)))
+        return vlm_forbidden_ids(self.tokenizer)

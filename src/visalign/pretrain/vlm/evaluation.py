@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from visalign.models.vlm import VISION_TOKENS, encode_question, vlm_forward
+from visalign.models.vlm import encode_question, vlm_forbidden_ids, vlm_forward
 from visalign.token_rollout import TokenRolloutPlan, run_token_rollout
 
 
@@ -20,10 +20,8 @@ def greedy_answers(model: Any, processor: Any, items: Sequence[dict[str, Any]], 
                    batch_size: int = 64) -> list[str]:
     """The model's greedy answer to every item."""
     tok = processor.tokenizer
-    vocab = tok.get_vocab()
-    forbidden = tuple(vocab[t] for t in VISION_TOKENS if t in vocab)
-    plan = TokenRolloutPlan(max_new_tokens=max_new_tokens, temperature=0.0, forbidden_token_ids=forbidden,
-                            batch_size=batch_size)
+    plan = TokenRolloutPlan(max_new_tokens=max_new_tokens, temperature=0.0,
+                            forbidden_token_ids=vlm_forbidden_ids(tok), batch_size=batch_size)
     answers: list[str] = []
     was_training = model.training
     model.eval()

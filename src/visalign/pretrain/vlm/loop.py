@@ -178,6 +178,7 @@ def run_vlm_pretrain(cfg: VLMPretrainConfig, console: Console | None = None) -> 
             truncate_jsonl(run_dir / log, "step", start)
         pad, steps = int(processor.tokenizer.pad_token_id), cfg.train.steps
         t0 = time.perf_counter() - wall
+        final_scores = None  # the last step's evaluation when it scored the whole test split: finish reuses it
         model.train()
         with stage_progress(console) as progress:
             task = progress.add_task("vlm", total=steps, completed=start, info="")
@@ -193,6 +194,7 @@ def run_vlm_pretrain(cfg: VLMPretrainConfig, console: Console | None = None) -> 
                                 f"vlm step {done}/{steps} loss {loss:.4f} wall {now:.0f}s")
                 if due(done, cfg.log.eval_every, steps):
                     scores = evaluate(model, processor, test_items, cfg)
+                    final_scores = scores if done == steps and not cfg.data.eval_items else None
                     append_jsonl(run_dir / "eval.jsonl", {"step": done, **{k: scores[k] for k in (
                         "overall", "per_type", "held_out", "seen", "n")}})
                     progress.console.print(f"vlm step {done}: {_summary(scores)}")
@@ -202,19 +204,20 @@ def run_vlm_pretrain(cfg: VLMPretrainConfig, console: Console | None = None) -> 
                     save_checkpoint(ckpt, _state(model, opt, done, time.perf_counter() - t0))
         wall = time.perf_counter() - t0
         model.eval()
-        out = finish(model, processor, cfg, run_dir / "model", test_items, steps, wall, console)
+        out = finish(model, processor, cfg, run_dir / "model", test_items, steps, wall, console, final_scores)
     console.print(f"pretrain done: {out}")
     return out
 
 
 def finish(model: Any, processor: Any, cfg: VLMPretrainConfig, folder: Path, test_items: list[dict[str, Any]],
-           steps: int, wall: float, console: Console) -> Path:
-    """The final model folder: the weights, the whole test split's score (``final_eval.json``), the card; also
-    copied to ``export.path`` when set."""
+           steps: int, wall: float, console: Console, scores: dict[str, Any] | None = None) -> Path:
+    """The final model folder: the weights, the whole test split's score (``final_eval.json``; ``scores`` when
+    the last step already measured it), the card; also copied to ``export.path`` when set."""
     import json
 
     save_vlm(model, processor, folder)
-    scores = score_answers(test_items, greedy_answers(model, processor, test_items, cfg.log.max_new_tokens))
+    if scores is None:
+        scores = score_answers(test_items, greedy_answers(model, processor, test_items, cfg.log.max_new_tokens))
     final = {"step": steps, "train_wall_s": wall, "parameters": sum(p.numel() for p in model.parameters()),
              **{k: scores[k] for k in ("overall", "per_type", "held_out", "seen", "n")}}
     (folder / FINAL_EVAL).write_text(json.dumps(final, indent=1))
