@@ -113,3 +113,28 @@ def test_no_std_is_the_reward_minus_its_group_mean_by_hand():
     adv = compute_advantages(rewards, groups, std="none")
     expected = [1 - 1 / 3, -1 / 3, -1 / 3, 0.5 - 1.0, 0.5 - 1.0, 2.0 - 1.0]
     assert adv.values.tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_bessel_corrected_group_std_by_hand():
+    """DanceGRPO's reference: (R - mean) / (torch.std(R) + 1e-8), torch.std dividing by G - 1."""
+    rewards = torch.tensor([1.0, 2.0, 5.0, 9.0, 0.0, 1.0, 3.0, 2.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    adv = compute_advantages({"r": rewards}, groups, std_correction=1, eps=1e-8, clip=100.0)
+    for g, values in ((0, [1.0, 2.0, 5.0, 9.0]), (1, [0.0, 1.0, 3.0, 2.0])):
+        mean = sum(values) / 4
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / 3)
+        expected = [(v - mean) / (std + 1e-8) for v in values]
+        torch.testing.assert_close(adv.values[4 * g : 4 * g + 4], torch.tensor(expected), rtol=1e-6, atol=1e-6)
+    population = compute_advantages({"r": rewards}, groups, eps=1e-8, clip=100.0)
+    torch.testing.assert_close(population.values / adv.values, torch.full((8,), math.sqrt(4 / 3)))
+
+
+def test_dancegrpo_defaults_to_its_references_std_unless_the_config_sets_it():
+    from visalign.algorithms.base import registered_algorithms
+    from visalign.config import AdvantageConfig
+
+    dance, flow = registered_algorithms()["dancegrpo"], registered_algorithms()["flow_grpo"]
+    settings = dance.advantage_settings(AdvantageConfig())
+    assert (settings.std, settings.std_correction, settings.eps) == ("group", 1, 1e-8)
+    assert dance.advantage_settings(AdvantageConfig(std_correction=0, eps=1e-3)).std_correction == 0
+    assert flow.advantage_settings(AdvantageConfig()) == AdvantageConfig()

@@ -230,9 +230,9 @@ def _nft(**options):
     return build_algorithm("diffusion_nft", opts)
 
 
-def test_nft_loss_through_the_algorithm_uses_the_old_weights_without_cfg():
+def test_nft_velocity_loss_through_the_algorithm_uses_the_old_weights_without_cfg():
     gen = StubGenerator("flow", w=0.3)
-    nft = _nft(beta=0.5)
+    nft = _nft(beta=0.5, loss_form="velocity")
     batch = _batch(4, advantages=[5.0, -5.0, 0.0, 1.0], mask=[True, True, True, False])
     nft.on_iteration_start(1)
     nft.loss(batch, gen)  # the old policy starts as the policy (w_old = 0.3)
@@ -249,33 +249,38 @@ def test_nft_loss_through_the_algorithm_uses_the_old_weights_without_cfg():
     assert metrics["nft/old_deviation"] == pytest.approx(0.36, rel=1e-5)  # (0.9 - 0.3)^2
     assert float(gen.w.detach()) == pytest.approx(0.9) and set(gen.guidance) == {1.0}  # weights restored, CFG-free
     # the kl term against the reference: kl_beta * mean (w - w_ref)^2 over trained samples
-    nft_kl = _nft(beta=0.5, kl_beta=0.1)
+    nft_kl = _nft(beta=0.5, kl_beta=0.1, loss_form="velocity")
     nft_kl.on_iteration_start(1)
     loss_kl, m = nft_kl.loss(batch, gen)
     assert m["kl"] == pytest.approx(3 / 4 * (0.9 + 0.2) ** 2, rel=1e-5)
 
 
-def test_nft_old_policy_decay_schedule_and_state_dict_round_trip():
+def test_nft_old_policy_decay_counts_optimizer_steps_and_state_dict_round_trips():
     gen = StubGenerator("flow", w=1.0)
     nft = _nft(ema_rate=0.1, ema_max=0.25)
     batch = _batch(2, advantages=[1.0, -1.0])
-    old = 1.0
-    for it, w in zip(range(1, 6), [1.0, 3.0, 2.0, 5.0, -1.0], strict=True):
+    old, steps = 1.0, 0
+    # optimizer steps per iteration: the reference's decay d = min(0.1 * steps so far, 0.25) counts them
+    for it, w, n_steps in zip(range(1, 6), [1.0, 3.0, 2.0, 5.0, -1.0], [2, 1, 1, 1, 1], strict=True):
         with torch.no_grad():
             gen.w.fill_(w)
         nft.on_iteration_start(it)
         _, m = nft.loss(batch, gen)
-        d = min(0.1 * (it - 1), 0.25)  # 0, 0.1, 0.2, 0.25 (capped), 0.25
+        d = min(0.1 * steps, 0.25)  # steps 0, 2, 3, 4, 5: d = 0, 0.2, 0.25 (capped), 0.25, 0.25
         old = d * old + (1 - d) * w
         assert m["nft/old_decay"] == pytest.approx(d)
         assert m["nft/old_deviation"] == pytest.approx((w - old) ** 2, rel=1e-5, abs=1e-9)
         nft.loss(batch, gen)  # a second minibatch of the same iteration: no further update
         assert float(nft.old.shadow["w"]) == pytest.approx(old, rel=1e-6)
+        for _ in range(n_steps):
+            nft.on_optimizer_step()
+        steps += n_steps
     # a resumed algorithm (fresh object, state loaded before it meets the generator) continues identically
     state = nft.state_dict()
     twin = _nft(ema_rate=0.1, ema_max=0.25)
     twin.load_state_dict(state)
     assert twin.state_dict()["updated_for"] == 5  # a checkpoint taken before the first loss keeps the state
+    assert twin.state_dict()["optimizer_steps"] == 6
     with torch.no_grad():
         gen.w.fill_(4.0)
     nft.on_iteration_start(6)
@@ -285,6 +290,72 @@ def test_nft_old_policy_decay_schedule_and_state_dict_round_trip():
     assert torch.equal(a, b) and ma == mb
     assert torch.equal(nft.old.shadow["w"], twin.old.shadow["w"])
     assert float(twin.old.shadow["w"]) == pytest.approx(0.25 * old + 0.75 * 4.0, rel=1e-6)
+
+
+def test_nft_reference_loss_by_hand():
+    # one sample, two data values: x_t = (1, 0), sigma = 1/2, x_0 = (0, 2); v_theta = (2, 0), v_old = (0, 4), b = 1/2
+    # v+ = (1, 2): x0+ = x_t - v+/2 = (0.5, -1), error (0.5, -3): mean sq 4.625, mean abs 1.75 -> 2.642857
+    # v- = (-1, 6): x0- = (1.5, -3), error (1.5, -5): mean sq 13.625, mean abs 3.25 -> 4.192308
+    # A = 2.5, A_max = 5: r = 3/4; L = (5 / 0.5) (3/4 * 2.642857 + 1/4 * 4.192308) = 30.302198
+    from visalign.algorithms.diffusion_nft import nft_reference_loss
+
+    v_theta = torch.tensor([[2.0, 0.0]], requires_grad=True)
+    loss, r = nft_reference_loss(v_theta, torch.tensor([[0.0, 4.0]]), torch.tensor([[1.0, 0.0]]),
+                                 torch.tensor([0.5]), torch.tensor([[0.0, 2.0]]), torch.tensor([2.5]), 0.5, 5.0)
+    pos, neg = 4.625 / 1.75, 13.625 / 3.25
+    torch.testing.assert_close(r, torch.tensor([0.75]))
+    torch.testing.assert_close(loss, torch.tensor([10 * (0.75 * pos + 0.25 * neg)]))
+    # the divisors carry no gradient: dL/dv_theta = 10 [r * 2 e+ * (-s b) / (D w+) + (1 - r) 2 e- (s b) / (D w-)]
+    loss.sum().backward()
+    e_pos, e_neg = torch.tensor([0.5, -3.0]), torch.tensor([1.5, -5.0])
+    grad = 10 * (0.75 * 2 * e_pos * (-0.25) / (2 * 1.75) + 0.25 * 2 * e_neg * 0.25 / (2 * 3.25))
+    torch.testing.assert_close(v_theta.grad, grad.view(1, 2))
+    # a perfect prediction: the floor 1e-5 keeps the divisor finite
+    exact, _ = nft_reference_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([0.5]),
+                                  torch.ones(1, 2), torch.tensor([0.0]), 1.0, 5.0)
+    assert float(exact) == 0.0
+
+
+def test_nft_reference_loss_through_the_algorithm_and_its_velocity_kl():
+    gen = StubGenerator("flow", w=0.3)
+    nft = _nft(beta=0.5, kl_beta=0.1)
+    batch = _batch(4, advantages=[5.0, -5.0, 0.0, 1.0], mask=[True, True, True, False])
+    nft.on_iteration_start(1)
+    nft.loss(batch, gen)  # the old policy starts as the policy (w_old = 0.3)
+    with torch.no_grad():
+        gen.w.fill_(0.9)
+    loss, metrics = nft.loss(batch, gen)
+    x_t, target, sigma, _t = _draws(batch.seeds, batch.final_latents)
+    s = sigma.view(-1, 1, 1, 1)
+    x0 = batch.final_latents
+    per = []
+    for v in (0.5 * 0.3 + 0.5 * 0.9, 1.5 * 0.3 - 0.5 * 0.9):
+        err = x_t - s * v - x0
+        per.append((err**2).mean(dim=(1, 2, 3)) / err.abs().mean(dim=(1, 2, 3)))
+    r = torch.tensor([1.0, 0.0, 0.5, 0.6])
+    policy = (10.0 * (r * per[0] + (1 - r) * per[1]) * torch.tensor([1.0, 1.0, 1.0, 0.0])).sum() / 4
+    kl = 3 / 4 * (0.9 + 0.2) ** 2  # (w - w_ref)^2, in velocity space (no output-space weight)
+    assert metrics["kl"] == pytest.approx(kl, rel=1e-5)
+    torch.testing.assert_close(loss, policy + 0.1 * torch.tensor(kl), rtol=1e-5, atol=1e-6)
+
+
+def test_nft_rollouts_are_drawn_with_the_old_policy():
+    gen = StubGenerator("flow", w=0.3)
+    nft = _nft()
+    nft.on_iteration_start(1)
+    with nft.rollout_weights(gen):
+        assert float(gen.w) == pytest.approx(0.3)  # iteration 1: the old policy is the policy
+    with torch.no_grad():
+        gen.w.fill_(0.9)
+    nft.on_optimizer_step()
+    nft.on_iteration_start(2)
+    with nft.rollout_weights(gen):  # d = min(1e-3 * 1, 0.5): old = 0.001 * 0.3 + 0.999 * 0.9
+        assert float(gen.w) == pytest.approx(0.001 * 0.3 + 0.999 * 0.9, rel=1e-6)
+    assert float(gen.w) == pytest.approx(0.9)  # the policy's weights are back
+    current = _nft(rollout_policy="current")
+    current.on_iteration_start(1)
+    with current.rollout_weights(gen):
+        assert float(gen.w) == pytest.approx(0.9)
 
 
 # ---- AWM ----------------------------------------------------------------------------------------------------

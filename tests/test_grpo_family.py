@@ -154,9 +154,28 @@ def test_fast_branch_is_seeded_by_run_and_iteration_and_stays_in_range():
     assert {_plan(ranged, it).sde_window[0] for it in range(1, 60)} == {3, 4, 5}
 
 
-def test_mixgrpo_window_moves_progressively_then_wraps_or_stops():
+def test_mixgrpo_reference_windows_shrink_before_n_minus_2_then_roll_back():
+    """The authors' grpo_states: window range(l, min(l + w, n - 2)), l += stride every window_every iterations,
+    back to 0 once l passes the last non-empty window."""
     gen = tiny_generator()
-    opts = {"sde_steps": 4, "window_every": 3, "window_stride": 1}
+    n, w, every = 10, 4, 3
+    algo, _, _ = _bound("mixgrpo", {"sde_steps": w, "window_every": every}, gen, steps=n)
+    by_hand = []
+    for it in range(1, 31):
+        lo = ((it - 1) // every) % (n - 2)  # starts 0 .. n - 3 (= 7), then back to 0
+        by_hand.append((lo, min(lo + w, n - 2)))
+    assert [_plan(algo, it).sde_window for it in range(1, 31)] == by_hand
+    assert by_hand[21] == (7, 8) and by_hand[24] == (0, 4)  # the last window is one step wide
+    assert max(hi for _, hi in by_hand) == n - 2  # step n - 2 is never stochastic (nor trained)
+    strided, _, _ = _bound("mixgrpo", {"sde_steps": w, "window_every": 1, "window_stride": 3}, gen, steps=n)
+    assert [_plan(strided, it).sde_window for it in range(1, 6)] == [(0, 4), (3, 7), (6, 8), (0, 4), (3, 7)]
+    stop, _, _ = _bound("mixgrpo", {"sde_steps": w, "window_every": 1, "window_end": "stop"}, gen, steps=n)
+    assert [_plan(stop, it).sde_window for it in (1, 8, 9, 40)] == [(0, 4), (7, 8), (7, 8), (7, 8)]
+
+
+def test_mixgrpo_full_windows_move_progressively_then_wrap_or_stop():
+    gen = tiny_generator()
+    opts = {"sde_steps": 4, "window_every": 3, "window_stride": 1, "window_schedule": "full"}
     wrap, _, _ = _bound("mixgrpo", opts, gen, steps=10)  # 9 noisy steps: window starts 0..5
     starts = [_plan(wrap, it).sde_window[0] for it in range(1, 23)]
     assert starts == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3 + [4] * 3 + [5] * 3 + [0] * 3 + [1]

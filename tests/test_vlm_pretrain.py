@@ -3,6 +3,7 @@ that the stock transformers class loads, with a card whose numbers are the final
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -36,10 +37,10 @@ def _files(tmp_path):
     return pick
 
 
-def _config(tmp_path, name: str, steps: int) -> VLMPretrainConfig:
+def _config(tmp_path, name: str, steps: int, *extra: str) -> VLMPretrainConfig:
     files = _files(tmp_path)
     return load_config(VLMPretrainConfig, None, [*TINY, f"run_dir={tmp_path / name}", f"train.steps={steps}",
-                                                 f"data.train={files['train']}", f"data.test={files['test']}"])
+                                                 f"data.train={files['train']}", f"data.test={files['test']}", *extra])
 
 
 def test_each_epoch_visits_every_example_once_in_a_seeded_order():
@@ -69,6 +70,17 @@ def test_the_loss_is_the_mean_cross_entropy_of_the_answer_tokens_only():
     expected = -torch.stack([logits[r, t - 1].log_softmax(-1)[batch["input_ids"][r, t]]
                              for r in range(2) for t in range(p, p + a)]).mean()
     torch.testing.assert_close(answer_loss(logits, batch["labels"]), expected)
+    # example averaging: a one-token answer weighs what the two-example batch's longer answer does
+    short = dataclasses.replace(example, answer=example.answer[-1:])
+    batch = collate([example, short], tok.pad_token_id)
+    logits = torch.randn(2, batch["input_ids"].shape[1], vocab)
+    nll = [[-logits[r, t - 1].log_softmax(-1)[batch["input_ids"][r, t]] for t in range(p, p + n)]
+           for r, n in ((0, a), (1, 1))]
+    per_example = torch.stack([torch.stack(row).mean() for row in nll]).mean()
+    per_token = torch.stack([x for row in nll for x in row]).mean()
+    torch.testing.assert_close(answer_loss(logits, batch["labels"], "example"), per_example)
+    torch.testing.assert_close(answer_loss(logits, batch["labels"], "token"), per_token)
+    assert not torch.isclose(per_example, per_token)
 
 
 def test_score_answers_counts_exact_matches_and_boxes_by_iou():
@@ -78,6 +90,22 @@ def test_score_answers_counts_exact_matches_and_boxes_by_iou():
     scores = score_answers(items, answers)
     assert scores["correct"] == [1.0, 0.0, 1.0, 0.0]
     assert scores["per_type"] == {"count": 0.5, "grounding": 0.5} and scores["overall"] == 0.5
+
+
+def test_a_resumed_run_with_dense_loss_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    dense = ("train.dense_weight=1.0", "train.loss_average=example", "data.caption_fraction=0.5")
+    quiet = Console(quiet=True)
+    straight = run_vlm_pretrain(_config(tmp_path, "straight", 4, *dense), quiet)
+    run_vlm_pretrain(_config(tmp_path, "resumed", 2, *dense), quiet)
+    resumed = run_vlm_pretrain(_config(tmp_path, "resumed", 4, *dense), quiet)
+    a = Qwen2VLForConditionalGeneration.from_pretrained(straight).state_dict()
+    b = Qwen2VLForConditionalGeneration.from_pretrained(resumed).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["dense_loss"] > 0 for row in metrics)
+    assert all(row["loss"] == pytest.approx(row["answer_loss"] + row["dense_loss"]) for row in metrics)
+    with pytest.raises(UserError, match="dense_weight differs"):  # a run without the head cannot resume it
+        run_vlm_pretrain(_config(tmp_path, "resumed", 6), quiet)
 
 
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from visalign.config import load_train_config
-from visalign.models.vlm import VLMPipeline, VLMPolicy, vlm_forward
+from visalign.models.vlm import VLMPipeline, VLMPolicy, encode_question, vlm_forward
 from visalign.models.vlm_build import build_vlm
 from visalign.prompts import load_prompts
 from visalign.rewards.base import TextReward
@@ -110,12 +111,8 @@ def test_a_vlm_checkpoint_folder_trains_through_the_users_path(tmp_path, qa_file
     assert tr.run()["finished"]
 
 
-def test_a_vlm_run_exports_a_lora_adapter_that_the_stock_class_loads(tmp_path, qa_file):
-    """``visalign export`` of a VLM run writes a PEFT adapter; the stock class plus ``load_adapter`` reproduces the
-    trained policy's log-probs."""
-    from transformers import AutoModelForImageTextToText
-
-    from visalign.export import export_run
+def _lora_run(tmp_path, qa_file) -> tuple[Trainer, Path]:
+    """A one-iteration LoRA GRPO run on a tiny Qwen2-VL folder (lr high enough that the adapter moves)."""
     from visalign.models.vlm_build import save_vlm
 
     folder = save_vlm(*build_vlm(seed=0), tmp_path / "tiny-qwen2-vl")
@@ -125,17 +122,49 @@ def test_a_vlm_run_exports_a_lora_adapter_that_the_stock_class_loads(tmp_path, q
                 "algorithm.name=grpo"]
     tr = Trainer(load_train_config(None, cfg_args), rewards=[(AnswerCharacters(), 1.0)])
     tr.run()
-    out = export_run(tmp_path / "run", tmp_path / "adapter")
-    stock = AutoModelForImageTextToText.from_pretrained(folder)
-    stock.load_adapter(str(out))
-    stock.eval()
+    return tr, folder
+
+
+def _same_log_probs_as_the_trained_policy(tr: Trainer, model, qa_file) -> None:
+    """``model`` scores an answer to the first question as the trained policy does, and not as the base."""
     items = load_prompts(str(qa_file))[:1]
     tokens, extra = tr.generator.encode_items(items)
     ids = torch.tensor([tokens[0] + [5, 6, 7]])
     with torch.no_grad():
         trained = tr.generator.completion_log_probs(ids, torch.ones_like(ids), len(tokens[0]), extra[0])
-        loaded = completion_log_probs(stock, ids, torch.ones_like(ids), len(tokens[0]), extra[0], 1.0, vlm_forward)
+        loaded = completion_log_probs(model, ids, torch.ones_like(ids), len(tokens[0]), extra[0], 1.0, vlm_forward)
         with tr.generator.reference():
             base = tr.generator.completion_log_probs(ids, torch.ones_like(ids), len(tokens[0]), extra[0])
     torch.testing.assert_close(loaded, trained, rtol=0, atol=1e-5)
     assert float((trained - base).abs().max()) > 1e-6  # the adapter is not a no-op
+
+
+def test_a_vlm_run_exports_a_lora_adapter_that_the_stock_class_loads(tmp_path, qa_file):
+    """``visalign export`` of a VLM run writes a PEFT adapter; the stock class plus ``load_adapter`` reproduces the
+    trained policy's log-probs."""
+    from transformers import AutoModelForImageTextToText
+
+    from visalign.export import export_run
+
+    tr, folder = _lora_run(tmp_path, qa_file)
+    out = export_run(tmp_path / "run", tmp_path / "adapter")
+    stock = AutoModelForImageTextToText.from_pretrained(folder)
+    stock.load_adapter(str(out))
+    _same_log_probs_as_the_trained_policy(tr, stock.eval(), qa_file)
+
+
+def test_a_merged_vlm_export_loads_with_the_stock_class_and_processor(tmp_path, qa_file):
+    """``visalign export --merged`` of a LoRA VLM run: a Qwen2-VL folder (weights with the adapter merged in,
+    tokenizer, preprocessor config, chat template) whose stock model gives the trained policy's log-probs."""
+    from transformers import AutoModelForImageTextToText
+
+    from visalign.export import export_run
+    from visalign.models.vlm_processor import VLMProcessor
+
+    tr, _folder = _lora_run(tmp_path, qa_file)
+    out = export_run(tmp_path / "run", tmp_path / "merged", merged=True)
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "chat_template.jinja"} <= {
+        p.name for p in out.iterdir()}
+    item = load_prompts(str(qa_file))[0]
+    assert encode_question(VLMProcessor.from_pretrained(out), item)[0] == tr.generator.encode_items([item])[0][0]
+    _same_log_probs_as_the_trained_policy(tr, AutoModelForImageTextToText.from_pretrained(out).eval(), qa_file)

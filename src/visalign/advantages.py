@@ -15,7 +15,9 @@
   A_i = clip((A~_i - mean_N A~) / (std_N A~ + eps), -c, c) (zero-variance groups included as zeros). Every
   sequence counts once; OpenRLHF whitens over answer tokens, which weighs each sequence by its length.
 
-Every std is the population standard deviation (``unbiased=False``), as in GRPO implementations.
+Every std is the population standard deviation (``correction=0``), as in GRPO implementations, unless
+``std_correction=1``: the Bessel-corrected one (divide by N - 1), which DanceGRPO's code uses (``torch.std``'s
+default) for its group std, x1.155 larger than the population std in groups of 4.
 
 Rewards with several components are first combined by their weights (``group`` mode). Groups whose members all
 received the same (combined) reward carry no signal: they are masked (advantage 0, no gradient) and counted.
@@ -51,22 +53,25 @@ class Advantages:
         }
 
 
-def _group_stats(values: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-member group mean, group (population) std and group index -> (mean[N], std[N], inverse[N])."""
+def _group_stats(values: torch.Tensor, groups: torch.Tensor, correction: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-member group mean, group std (divided by n - ``correction``; 0 in groups of one) and group index ->
+    (mean[N], std[N], inverse[N])."""
     uniq, inverse = torch.unique(groups, return_inverse=True)
     count = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(values))
     total = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, values)
     mean = total / count
     sq = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, (values - mean[inverse]) ** 2)
-    std = torch.sqrt(sq / count)
+    std = torch.sqrt(sq / (count - correction).clamp_min(1))
     return mean[inverse], std[inverse], inverse
 
 
-def _zscore_in_groups(values: torch.Tensor, groups: torch.Tensor, std_mode: str, eps: float) -> torch.Tensor:
-    mean, gstd, _ = _group_stats(values, groups)
+def _zscore_in_groups(values: torch.Tensor, groups: torch.Tensor, std_mode: str, eps: float, correction: int = 0
+                      ) -> torch.Tensor:
+    mean, gstd, _ = _group_stats(values, groups, correction)
     if std_mode == "none":
         return values - mean
-    std = values.std(unbiased=False) if std_mode == "global" else gstd
+    std = values.std(correction=correction) if std_mode == "global" else gstd
     return (values - mean) / (std + eps)
 
 
@@ -79,12 +84,15 @@ def compute_advantages(
     clip: float = 5.0,
     eps: float = 1e-4,
     zero_var_tol: float = 1e-8,
+    std_correction: int = 0,
 ) -> Advantages:
     """Advantages for N samples; ``rewards`` maps reward names to ``[N]`` tensors, ``groups`` is ``[N]`` ints."""
     if mode not in MODES:
         raise ValueError(f"advantage mode must be one of {', '.join(MODES)}, got '{mode}'")
     if std not in ("group", "global", "none"):
         raise ValueError(f"advantage std must be 'group', 'global' or 'none', got '{std}'")
+    if std_correction not in (0, 1):
+        raise ValueError(f"advantage std_correction must be 0 or 1, got {std_correction}")
     names = list(weights) if weights else list(rewards)[:1]
     w = weights or {names[0]: 1.0}
     r = {k: rewards[k].detach().double().flatten() for k in names}
@@ -92,7 +100,7 @@ def compute_advantages(
     combined = sum(w[k] * r[k] for k in names)
     gmean, gstd, inverse = _group_stats(combined, groups)
     if mode == "group":
-        adv = _zscore_in_groups(combined, groups, std, eps)
+        adv = _zscore_in_groups(combined, groups, std, eps, std_correction)
     elif mode == "rloo":
         size = torch.zeros(int(inverse.max()) + 1 if inverse.numel() else 0, dtype=torch.float64)
         size = size.index_add_(0, inverse, torch.ones_like(combined))[inverse]

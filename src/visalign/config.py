@@ -73,11 +73,26 @@ class AdvantageConfig(StrictModel):
     std: Literal["group", "global", "none"] = "group"  # none: R - mean_group R (Dr. GRPO)
     clip: float = Field(5.0, gt=0)
     eps: float = Field(1e-4, gt=0)
+    # the std's divisor is N - std_correction: 0 the population std (GRPO implementations), 1 Bessel's (DanceGRPO)
+    std_correction: Literal[0, 1] = 0
 
 
 class DataConfig(StrictModel):
     train: str = "train"  # ShapesWorld split name, or a prompt file (.jsonl with "prompt" / .txt)
     test: str = "test"
+    # the splits read from a question-set folder in the Hub layout (data/{split}-*.parquet; vqa_data.py)
+    train_split: str = "train"
+    test_split: str = "test"
+    # a question set's question as the policy reads it: "{question}" is replaced by the row's question, e.g.
+    # "{question} Think in <think> </think>, then answer in <answer> </answer>." (R1-style recipes)
+    question_template: str | None = None
+
+    @field_validator("question_template")
+    @classmethod
+    def _names_the_question(cls, value: str | None) -> str | None:
+        if value is not None and "{question}" not in value:
+            raise ValueError('must contain "{question}" (where the row\'s question goes)')
+        return value
     prompts_per_iter: int = Field(8, ge=1)  # global number of prompts (groups) per iteration
     group_size: int = Field(4, ge=2)  # G images per prompt
     # repeat each "tag"'s prompts up to the largest tag's count, so that every tag is drawn equally often (the
@@ -216,6 +231,8 @@ def _prompt_file_problems(key: str, source: str) -> Iterator[tuple[str, str]]:
     that is downloaded later); the trainer reports it, and checks every line, when it reads the file."""
     path = Path(source)
     if source in ("train", "test") or not path.is_file():  # train / test: the shipped ShapesWorld splits
+        return
+    if path.suffix.lower() == ".parquet":  # a binary question set: vqa_data checks it when it reads it
         return
     try:
         path.read_text(encoding="utf-8")

@@ -23,19 +23,14 @@ differs from it in one way the verifier rejects (a wrong colour, count, shape, r
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
+from visalign.data_files import ImageRef, image_ref, read_rows
 from visalign.errors import UserError
-from visalign.jsonl import read_jsonl
 from visalign.seeding import numpy_rng
 
 if TYPE_CHECKING:
@@ -43,39 +38,6 @@ if TYPE_CHECKING:
 
 PAIR_KEYS = ("caption", "jpg_0", "jpg_1", "label_0")
 LABELLED_KEYS = ("caption", "image", "label")
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """Where one image of the data lives: a path or its encoded bytes, plus its location for error messages."""
-
-    source: Path | bytes
-    where: str  # e.g. "pairs.jsonl:3 [jpg_0]"
-
-    def open(self):  # -> PIL.Image.Image, fully decoded
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            stream = io.BytesIO(self.source) if isinstance(self.source, bytes) else self.source
-            with Image.open(stream) as img:
-                img.load()
-                return img.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            what = f"'{self.source}'" if isinstance(self.source, Path) else f"({len(self.source)} bytes)"
-            raise UserError(f"{self.where}: cannot read image {what} ({err})") from None
-
-    def load(self, height: int, width: int) -> torch.Tensor:
-        """The image as float [3, height, width] in [0, 1]: resized (shorter side) and centre-cropped."""
-        import numpy as np
-        from PIL import Image
-
-        img = self.open()
-        scale = max(height / img.height, width / img.width)
-        size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
-        img = img.resize(size, Image.Resampling.BICUBIC)
-        left, top = (img.width - width) // 2, (img.height - height) // 2
-        img = img.crop((left, top, left + width, top + height))
-        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
 @dataclass(frozen=True)
@@ -96,32 +58,6 @@ class LabelledImage:
 
 # ---------------------------------------------------------------------------------------------------------------
 # reading
-
-
-def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(location, row) for every record of a .jsonl or .parquet file."""
-    if not path.is_file():
-        raise UserError(f"{path}: preference data file not found")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        for lineno, row in read_jsonl(path):
-            yield f"{path}:{lineno}", row
-    elif suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise UserError(f"{path}: reading .parquet files needs pyarrow (pip install pyarrow)") from None
-        try:
-            table = pq.ParquetFile(path)
-        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a bad file
-            raise UserError(f"{path}: not a readable parquet file ({err})") from None
-        index = 0
-        for batch in table.iter_batches():
-            for row in batch.to_pylist():
-                yield f"{path} row {index}", row
-                index += 1
-    else:
-        raise UserError(f"{path}: preference data must be a .jsonl or .parquet file")
 
 
 def _get(row: dict[str, Any], key: str, loc: str, expected: Sequence[str]) -> Any:
@@ -147,37 +83,12 @@ def _label(row: dict[str, Any], key: str, loc: str, allowed: tuple[float, ...], 
     return float(value)
 
 
-def _base64(text: str) -> bytes | None:
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None
+def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    return read_rows(path, "preference data")
 
 
 def _image(row: dict[str, Any], key: str, loc: str, base: Path, expected: Sequence[str]) -> ImageRef:
-    value = _get(row, key, loc, expected)
-    at = f"{loc} [{key}]"
-    if isinstance(value, dict):  # Hugging Face datasets' Image struct: {"bytes": ..., "path": ...}
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return ImageRef(bytes(value), at)
-    if isinstance(value, str) and value:
-        if value.startswith("data:"):
-            data = _base64(value)
-            if data is None:
-                raise UserError(f"{at}: malformed base64 data URI")
-            return ImageRef(data, at)
-        path = Path(value).expanduser()
-        path = path if path.is_absolute() else base / path
-        if path.is_file():
-            return ImageRef(path, at)
-        data = _base64(value) if len(value) > 64 else None  # a bare base64 string (no short path decodes by chance)
-        if data is not None:
-            return ImageRef(data, at)
-        raise UserError(f"{at}: image file '{value}' not found (relative paths are read from {base})")
-    raise UserError(f"{at}: expected an image path, bytes or a base64 string, got {type(value).__name__}")
+    return image_ref(_get(row, key, loc, expected), f"{loc} [{key}]", base)
 
 
 def load_preference_pairs(path: str | Path, verify_images: bool = True) -> list[PreferencePair]:

@@ -20,17 +20,22 @@ if TYPE_CHECKING:
     from visalign.config import Config
 
 
-def load_prompts(source: str) -> list[dict[str, Any]]:
+def load_prompts(source: str, split: str = "train", question_template: str | None = None) -> list[dict[str, Any]]:
     """A ShapesWorld split name (``train`` / ``test`` prompts, ``qa_train`` / ``qa_test`` questions), a JSONL file
-    of metadata (each with a "prompt") or of questions (each with "messages"), or a text file of prompts.
+    of metadata (each with a "prompt") or of questions (each with "messages"), a visual question set
+    (``vqa_data``: a data file with an image column, or a Hub-layout folder whose ``split`` it reads), or a text
+    file of prompts. ``question_template`` (``data.question_template``) rewrites a question set's questions.
 
     A question gets its text as ``prompt`` (what the logs and the report show)."""
+    from visalign.vqa_data import is_vqa_source, load_vqa
     from visalign.worlds.shapes.prompts import load_prompt_file, load_split
 
     if source in ("train", "test"):
         return load_split(source)
     if source in ("qa_train", "qa_test"):
         return _questions(source.removeprefix("qa_"))
+    if is_vqa_source(source):
+        return load_vqa(source, split, question_template)
     path = Path(source)
     if not path.is_file():
         raise UserError(f"{path}: prompt file not found")
@@ -86,7 +91,7 @@ def balance_by_tag(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def train_prompts(cfg: Config) -> list[dict[str, Any]]:
     """The run's training prompts: ``data.train``, tag-balanced when ``data.balance_tags``."""
-    items = load_prompts(cfg.data.train)
+    items = load_prompts(cfg.data.train, cfg.data.train_split, cfg.data.question_template)
     return balance_by_tag(items) if cfg.data.balance_tags else items
 
 

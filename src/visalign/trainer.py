@@ -87,6 +87,7 @@ class Trainer:
         # algorithm and the family's rollout engine (image generators: schedule, kernels, rollout plan)
         self.algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.options, source="algorithm.options")
         self._check_algorithm()
+        self.advantage = self.algorithm.advantage_settings(cfg.advantage)
         self.rollouts = build_rollout_engine(self.generator, cfg, self.algorithm)
 
         # rewards
@@ -98,7 +99,8 @@ class Trainer:
 
         # data
         self.train_items = train_prompts(cfg)
-        self.test_items = load_prompts(cfg.data.test) if cfg.eval.enabled else []
+        self.test_items = (load_prompts(cfg.data.test, cfg.data.test_split, cfg.data.question_template)
+                           if cfg.eval.enabled else [])
         # a prompt without the metadata a reward reads: say so now, naming the file, not after the first rollout
         check_metadata(self.rewards, self.train_items, cfg.data.train)
         check_metadata(self.rewards, self.test_items, cfg.data.test)
@@ -202,6 +204,7 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         self.optimizer.step()
         self.lr_schedule.step()
+        self.algorithm.on_optimizer_step()
         if self.ema is not None:
             self.ema.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -248,7 +251,6 @@ class Trainer:
         return out
 
     def iteration(self, it: int) -> dict[str, Any]:
-        cfg = self.cfg
         self.algorithm.on_iteration_start(it)
         row: dict[str, Any] = {"iteration": it}
         t0 = time.perf_counter()
@@ -257,15 +259,17 @@ class Trainer:
             return self._offline_iteration(it, batch, time.perf_counter() - t0)
         items, prompt_ids, seeds = self._local_samples(it)
         self.generator.denoiser.eval()
-        rollout = self.rollouts.rollout(it, self.algorithm, items, prompt_ids, seeds)
+        with self.algorithm.rollout_weights(self.generator):
+            rollout = self.rollouts.rollout(it, self.algorithm, items, prompt_ids, seeds)
         t1 = time.perf_counter()
         local_scores = score_outputs(self.rewards, rollout.outputs, rollout.prompts, rollout.metadata,
                                      rollout.group_ids)
         scores = {k: self._gather(v) for k, v in local_scores.items()}
         groups = self._gather(rollout.group_ids)
         weights = {reward_name(r): w for r, w in self.rewards}
-        adv = compute_advantages(scores, groups, weights=weights, mode=cfg.advantage.mode, std=cfg.advantage.std,
-                                 clip=cfg.advantage.clip, eps=cfg.advantage.eps)
+        a = self.advantage
+        adv = compute_advantages(scores, groups, weights=weights, mode=a.mode, std=a.std, clip=a.clip, eps=a.eps,
+                                 std_correction=a.std_correction)
         n_local = len(rollout)
         sl = slice(self.rank * n_local, (self.rank + 1) * n_local)
         dev = rollout.device
@@ -328,6 +332,11 @@ class Trainer:
         try:
             if lock is not None and lock.stale_message():
                 self._say(lock.stale_message())
+            if self.advantage != self.cfg.advantage:
+                changed = {k: v for k, v in self.advantage.model_dump().items()
+                           if v != getattr(self.cfg.advantage, k)}
+                self._say(f"advantage: {self.cfg.algorithm.name}'s reference settings {changed} "
+                          f"(set advantage.* in the config to override)")
             return self._run()
         except OSError as err:
             if err.errno not in _STORAGE_ERRNOS:

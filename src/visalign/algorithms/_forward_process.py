@@ -179,18 +179,21 @@ class ForwardProcessAlgorithm(Algorithm):
 
     @staticmethod
     def reference_penalty(generator: Generator, noised: Noised, batch: SampleBatch,
-                          prediction: torch.Tensor) -> torch.Tensor:
-        """Per-sample mean_d (prediction - prediction_ref)^2 against the frozen reference, ``[B]``."""
+                          prediction: torch.Tensor, weighted: bool = True) -> torch.Tensor:
+        """Per-sample mean_d (prediction - prediction_ref)^2 against the frozen reference, ``[B]``, in the network's
+        output space (``weighted``) or in the prediction's own (velocity / noise)."""
         with torch.no_grad(), generator.reference():
             ref = generator.predict(noised.x_t, noised.t_model, batch.cond, 1.0).float()
-        return noised.weight * mean_over_data((prediction - ref) ** 2)
+        penalty = mean_over_data((prediction - ref) ** 2)
+        return noised.weight * penalty if weighted else penalty
 
     def with_reference_penalty(self, loss: torch.Tensor, metrics: dict[str, float], generator: Generator,
                                noised: Noised, batch: SampleBatch, prediction: torch.Tensor,
-                               kl_beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+                               kl_beta: float, weighted: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
         """``loss + kl_beta * mean reference_penalty`` (when kl_beta > 0); logs ``kl`` and ``loss``."""
         if kl_beta > 0:
-            kl = masked_mean(self.reference_penalty(generator, noised, batch, prediction), batch.mask)
+            penalty = self.reference_penalty(generator, noised, batch, prediction, weighted)
+            kl = masked_mean(penalty, batch.mask)
             loss = loss + kl_beta * kl
             metrics["kl"] = float(kl.detach())
         metrics["loss"] = float(loss.detach())

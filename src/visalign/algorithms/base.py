@@ -8,17 +8,21 @@ An algorithm is one file: a subclass of ``Algorithm`` registered with ``@registe
 * ``families``: the generator families it is limited to (``flow``, ``diffusion``), or None (the default) for every
   family whose adapter implements the ``Generator`` contract;
 * ``Options``: a ``StrictModel`` with its hyperparameters (the config's ``algorithm.options``);
+* ``advantage_defaults``: the config's ``advantage`` settings its paper's code uses, applied where the config does
+  not set them (e.g. DanceGRPO's Bessel-corrected group std);
 
 and implements ``loss(batch, generator) -> (loss, metrics)``. The trainer owns the loop; an algorithm may override
 ``micro_batches`` (how a minibatch of samples is cut into backward passes: by default one ``StepBatch`` per stored
 step for ``likelihood`` algorithms, one ``SampleBatch`` of final samples otherwise), ``on_iteration_start``,
 ``rollout_plan`` (per-iteration rollout settings: SDE / train windows, shared initial noise, stored step means),
+``rollout_weights`` (the weights rollouts are drawn with, e.g. DiffusionNFT's old policy), ``on_optimizer_step``,
 ``state_dict`` / ``load_state_dict`` (state that must survive a resume, e.g. an EMA of the old policy).
 ``bind`` hands it the run's ``RunContext`` (rewards, schedule, kernels, seed, ranks) once, before training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -61,6 +65,8 @@ class Algorithm:
     families: ClassVar[tuple[str, ...] | None] = None
     # Kernels the rollout may use with this algorithm (None: any).
     kernels: ClassVar[tuple[str, ...] | None] = None
+    # ``advantage`` keys whose default this algorithm's reference code overrides (a config that sets a key wins)
+    advantage_defaults: ClassVar[dict[str, Any]] = {}
 
     class Options(StrictModel):
         pass
@@ -74,12 +80,25 @@ class Algorithm:
         """Whether the algorithm runs on generators of ``family``."""
         return cls.families is None or family in cls.families
 
+    @classmethod
+    def advantage_settings(cls, configured: Any) -> Any:
+        """The run's ``AdvantageConfig``: ``configured`` with ``advantage_defaults`` where it left a key unset."""
+        unset = {k: v for k, v in cls.advantage_defaults.items() if k not in configured.model_fields_set}
+        return configured.model_copy(update=unset) if unset else configured
+
     def bind(self, context: RunContext) -> None:
         """Called once by the trainer, before training, with the run's context."""
         self.context = context
 
     def on_iteration_start(self, iteration: int) -> None:
         """Hook for schedules that move with the iteration (e.g. a sliding SDE window)."""
+
+    def on_optimizer_step(self) -> None:
+        """Called after every optimizer step (e.g. to count them for a decay schedule)."""
+
+    def rollout_weights(self, generator: Generator) -> contextlib.AbstractContextManager[None]:
+        """The weights the rollout samples with: the policy's (the default), or e.g. an old policy swapped in."""
+        return contextlib.nullcontext()
 
     def rollout_plan(self, iteration: int, plan: RolloutPlan) -> RolloutPlan:
         """The rollout settings of an iteration: the config's ``plan`` (returned as is by default), with what this

@@ -24,11 +24,16 @@ the step weights w_t, or the ratio):
   the first half of the steps); the ODE runs up to b, the SDE for ``sde_steps`` steps, the ODE after; only the SDE
   steps are trained. With ``share_initial_noise`` the members of a group are identical up to b and branch there.
 * ``sde_schedule="sliding"`` — MixGRPO (Li et al., 2025, "MixGRPO: Unlocking Flow-based GRPO Efficiency with Mixed
-  ODE-SDE", arXiv:2507.21802): SDE (and training) only in the window W = {l .. l + w - 1}, w = ``sde_steps``, ODE
-  elsewhere; the window moves progressively, l = ``window_stride`` * floor((iteration - 1) / ``window_every``), and
-  when it passes the last trainable step it wraps to 0 (``window_end="wrap"``, the reference code's roll-back) or
-  stays at the end (``"stop"``). ``ode_solver="dpm2m"`` (MixGRPO-Flash) samples the ODE part with the second-order
-  DPM-Solver++(2M) instead of Euler.
+  ODE-SDE", arXiv:2507.21802): SDE (and training) only in a window of w = ``sde_steps`` steps, ODE elsewhere; the
+  window start moves progressively, l = ``window_stride`` * floor((iteration - 1) / ``window_every``).
+  ``window_schedule="reference"`` (the default) is the authors' code (``grpo_states.get_current_timesteps``): for
+  n sampling steps the window is {l .. min(l + w, n - 2) - 1}, so windows shrink at the end and steps n - 2 and
+  n - 1 are never stochastic nor trained; once l passes n - 3 it rolls back to 0 (``window_end="wrap"``, their
+  ``--roll_back``) or stays at the last start (``"stop"``). (Their code would next ask for the empty window at
+  l = n - 2 before rolling back; that empty window is skipped here.) ``window_schedule="full"`` keeps every window
+  w wide over the n - 1 noisy steps (starts 0 .. n - 1 - w, step n - 2 trained), wrapping after start n - 1 - w.
+  ``ode_solver="dpm2m"`` (MixGRPO-Flash) samples the ODE part with the second-order DPM-Solver++(2M) instead of
+  Euler.
 * DanceGRPO (Xue et al., 2025, "DanceGRPO: Unleashing GRPO on Visual Generation", arXiv:2505.07818): kernel
   ``dance``, ``share_initial_noise``, and a random fraction of the steps (``sampling.timestep_fraction``).
 * ``step_weighting="noise_aware"`` — TempFlow-GRPO's noise-aware weighting: w_t proportional to the step's std s_t
@@ -78,6 +83,7 @@ class FlowGRPO(Algorithm):
         window_every: int = Field(25, ge=1)  # sliding: iterations between moves (MixGRPO's tau)
         window_stride: int = Field(1, ge=1)  # sliding: steps per move
         window_end: Literal["wrap", "stop"] = "wrap"
+        window_schedule: Literal["reference", "full"] = "reference"  # sliding: shrinking windows up to n - 2 / full
         share_initial_noise: bool = False  # every member of a group starts from the same noise
         ode_solver: Literal["euler", "dpm2m"] = "euler"  # the deterministic sampler outside the SDE window
         step_weighting: StepWeighting = "none"
@@ -125,8 +131,15 @@ class FlowGRPO(Algorithm):
             g = torch_generator(sample_seed(self.context.seed, iteration, 0, 0, stream="branch"))
             start = lo + int(torch.randint(hi - lo, (1,), generator=g))
         else:
+            moves = (max(iteration, 1) - 1) // o.window_every
+            if o.window_schedule == "reference":
+                end = max(last - 1, 1)  # n - 2 for n sampling steps: the authors' max_timesteps
+                starts = range(0, end, o.window_stride)
+                index = moves % len(starts) if o.window_end == "wrap" else min(moves, len(starts) - 1)
+                start = starts[index]
+                return start, min(start + width, end)
             positions = last - width + 1  # window starts 0 .. last - width
-            start = o.window_stride * ((max(iteration, 1) - 1) // o.window_every)
+            start = o.window_stride * moves
             start = start % positions if o.window_end == "wrap" else min(start, positions - 1)
         return start, start + width
 
@@ -180,6 +193,8 @@ class MixGRPO(FlowGRPO):
 class DanceGRPO(FlowGRPO):
     paper = "DanceGRPO: Unleashing GRPO on Visual Generation (arXiv:2505.07818)"
     kernels = ("dance",)
+    # the reference divides by the group's torch.std (Bessel-corrected) + 1e-8
+    advantage_defaults = {"std": "group", "std_correction": 1, "eps": 1e-8}
 
     class Options(FlowGRPO.Options):
         share_initial_noise: bool = True

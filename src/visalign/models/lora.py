@@ -60,6 +60,8 @@ def merged_copy(denoiser: nn.Module) -> nn.Module:
         if "lora_" in key:
             continue
         state[key.replace(".base_layer.", ".")] = value
-    fresh = type(denoiser).from_config(denoiser.config)
+    cls = type(denoiser)
+    # diffusers models build from a config with from_config, transformers models with their constructor
+    fresh = cls.from_config(denoiser.config) if hasattr(cls, "from_config") else cls(denoiser.config)
     fresh.load_state_dict(state, strict=True)
     return fresh.to(next(denoiser.parameters()).dtype).eval()

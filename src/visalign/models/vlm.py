@@ -14,6 +14,7 @@ question (``worlds.shapes.questions``) carries the metadata and seed of its scen
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,3 +100,9 @@ class VLMPolicy(TokenPolicy):
 
     def forbidden_token_ids(self) -> tuple[int, ...]:
         return vlm_forbidden_ids(self.tokenizer)
+
+    def save_merged(self, out_dir: str | Path) -> None:
+        """The model (LoRA merged in) and the processor's files: a folder that ``AutoModelForImageTextToText`` and
+        ``VLMProcessor.from_pretrained`` load like the base's."""
+        super().save_merged(out_dir)
+        self.processor.save_pretrained(out_dir)

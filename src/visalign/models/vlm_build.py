@@ -61,6 +61,9 @@ class TinyVLMSpec:
     max_pixels: int = 128 * 128
     max_position_embeddings: int = 2048
     mrope_section: tuple[int, int, int] = (4, 6, 6)  # sums to head_dim / 2 (Qwen2-VL: 16, 24, 24 of 64)
+    # the text rotary base: M-RoPE gives the width position the lowest frequencies, 10000^(-20/32 .. -30/32) at
+    # 10,000, so across a 4 x 4 token grid the language model barely sees where a token is (pretrain/vlm docs)
+    rope_theta: float = 10000.0
 
     def image_settings(self) -> ImageSettings:
         """Qwen2-VL's image processing (CLIP mean / std, bicubic) at this patch size."""
@@ -95,7 +98,7 @@ def tiny_config(processor: VLMProcessor, spec: TinyVLMSpec = TinyVLMSpec()) -> Q
         "max_position_embeddings": spec.max_position_embeddings,
         "max_window_layers": spec.layers,
         "rms_norm_eps": 1e-6,
-        "rope_parameters": {"rope_type": "default", "mrope_section": list(spec.mrope_section), "rope_theta": 10000.0},
+        "rope_parameters": {"rope_type": "default", "mrope_section": list(spec.mrope_section), "rope_theta": spec.rope_theta},
         "bos_token_id": ids[PAD],
         "eos_token_id": ids[IM_END],
         "pad_token_id": ids[PAD],

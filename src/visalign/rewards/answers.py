@@ -40,6 +40,7 @@ _NUMBER_WORDS = {w: float(i) for i, w in enumerate(
 _YES, _NO = {"yes", "y", "true"}, {"no", "n", "false"}
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+")
 _SPACED_DIGITS = re.compile(r"\d(?: \d)+")
+_CHOICE = re.compile(r"^(?:option\s+|answer:?\s+)?\(?([a-z])\)?(?:[.):]|\s|$)")
 
 Box = tuple[float, float, float, float]
 
@@ -70,8 +71,23 @@ def parse_number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def answer_matches(output: str, target: str) -> bool:
-    """Whether the answer in ``output`` is ``target`` (numbers as numbers, yes/no normalised, else exact)."""
+def choice_letter(text: str) -> str | None:
+    """The letter a multiple-choice answer picks: "B", "(B)", "B.", "B) the cat", "option B", else None."""
+    match = _CHOICE.match(normalise(text))
+    return match.group(1) if match else None
+
+
+def answer_matches(output: str, target: str, choices: Sequence[str] | None = None) -> bool:
+    """Whether the answer in ``output`` is ``target`` (numbers as numbers, yes/no normalised, else exact). With
+    ``choices`` (a multiple-choice item, ``target`` its letter) the letter the answer picks must be the target's,
+    or the answer must be the target choice's text."""
+    if choices:
+        letter = target.strip().casefold()
+        picked = choice_letter(extract_answer(output))
+        if picked is not None:
+            return picked == letter
+        index = "abcdefghijklmnopqrstuvwxyz".find(letter)
+        return 0 <= index < len(choices) and normalise(extract_answer(output)) == normalise(choices[index])
     given, wanted = normalise(extract_answer(output)), normalise(target)
     number = parse_number(wanted)
     if number is not None:
@@ -154,9 +170,8 @@ class AnswerAccuracy(_AnswerReward):
         self, outputs: Sequence[str], prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
     ) -> dict[str, torch.Tensor]:
         targets = [str(_field(metadata, i, "answer", self.name)) for i in range(len(outputs))]
-        return {
-            self.name: _tensor([float(answer_matches(o, t)) for o, t in zip(outputs, targets, strict=True)])
-        }
+        return {self.name: _tensor([float(answer_matches(o, t, metadata[i].get("choices")))
+                                    for i, (o, t) in enumerate(zip(outputs, targets, strict=True))])}
 
 
 @register_reward("box_iou")
@@ -299,18 +314,32 @@ class ShapesAnswer(_AnswerReward):
                 values.append(value)
                 correct.append(float(value >= 0.5))
             else:
-                values.append(float(answer_matches(output, str(_field(metadata, i, "answer", self.name)))))
+                target = str(_field(metadata, i, "answer", self.name))
+                values.append(float(answer_matches(output, target, metadata[i].get("choices"))))
                 correct.append(values[-1])
         return {self.name: _tensor(values), "answer_correct": _tensor(correct)}
 
 
+@register_reward("vqa_answer")
+class VQAAnswer(ShapesAnswer):
+    """A visual question set's answer reward (``vqa_data``): ``box_iou`` for grounding items, the choice letter for
+    multiple choice, ``answer_accuracy`` (numbers as numbers) for the rest; component ``answer_correct``."""
+
+    name = "vqa_answer"
+    summary = "visual QA: box IoU for grounding, choice letter / number / exact answer otherwise; answer_correct"
+
+
+VQA_TYPES = ("multiple_choice", "numeric", "open")  # vqa_data's types besides grounding
+
+
 def per_type_means(scores: torch.Tensor, metadata: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Mean score per question type present in the batch (``{type: mean}``, in ``QUESTION_TYPES`` order)."""
+    """Mean score per question type present in the batch (``{type: mean}``, in ``QUESTION_TYPES`` order, then
+    the question sets' types)."""
     from visalign.worlds.shapes.questions_phrasings import QUESTION_TYPES
 
     kinds = [m.get("type") for m in metadata]
     out = {}
-    for kind in QUESTION_TYPES:
+    for kind in (*QUESTION_TYPES, *VQA_TYPES):
         sel = torch.tensor([k == kind for k in kinds])
         if bool(sel.any()):
             out[kind] = float(scores[sel].float().mean())

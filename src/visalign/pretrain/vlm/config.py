@@ -30,6 +30,7 @@ class VLMArchitecture(StrictModel):
     vision_heads: int = Field(default=4, ge=1, le=64)
     patch_size: int = Field(default=8, ge=1, le=64)  # 8: a 64 px image is 8 x 8 patches, 16 tokens after the merge
     mrope_section: tuple[int, int, int] = (4, 6, 6)
+    rope_theta: float = Field(default=10000.0, gt=1)  # the language model's rotary base (TinyVLMSpec)
 
 
 class VLMDataConfig(StrictModel):
@@ -57,6 +58,12 @@ class VLMTrainConfig(StrictModel):
     decay_steps: int = Field(default=0, ge=0)  # linear decay to 0 over the last N steps
     weight_decay: float = Field(default=0.01, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
+    # token: the mean over the batch's answer tokens (a caption of 12 tokens weighs 6 two-token answers);
+    # example: each example's mean token loss, then the mean over examples
+    loss_average: Literal["token", "example"] = "token"
+    # > 0: add this weight times the dense loss of the vision tokens (pretrain/vlm/dense.py: every patch's class,
+    # colour and centre mark, read from the scene by a linear head that is not exported)
+    dense_weight: float = Field(default=0.0, ge=0)
 
 
 class VLMLogConfig(StrictModel):

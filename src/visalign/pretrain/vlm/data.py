@@ -27,6 +27,7 @@ class SFTExample:
     prompt: list[int]
     answer: list[int]  # the answer's tokens and the end-of-turn token
     extra: dict[str, torch.Tensor]  # pixel_values, image_grid_thw
+    dense: torch.Tensor | None = None  # the image's patch labels (dense.patch_targets), when dense loss is on
 
 
 def encode_examples(processor: Any, items: Sequence[dict[str, Any]]) -> list[SFTExample]:
@@ -76,13 +77,13 @@ def caption_examples(processor: Any, items: Sequence[dict[str, Any]], questions:
         prompt = encode_question(processor, caption)[0]  # the image's tokens are the question's
         text = box_caption(item) if style == "boxes" else str(key[1])
         answer = list(tok(text, add_special_tokens=False)["input_ids"]) + [tok.eos_token_id]
-        out.append(SFTExample(prompt, answer, example.extra))
+        out.append(SFTExample(prompt, answer, example.extra, example.dense))
     return out
 
 
 def collate(examples: Sequence[SFTExample], pad_token_id: int) -> dict[str, Any]:
     """Right-padded ``input_ids`` / ``attention_mask``, ``labels`` (-100 off the answers: the convention of
-    transformers' losses) and the images' inputs, concatenated in batch order."""
+    transformers' losses) and the images' inputs and patch labels (``dense``), concatenated in batch order."""
     length = max(len(e.prompt) + len(e.answer) for e in examples)
     ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
     attention = torch.zeros_like(ids)
@@ -93,11 +94,18 @@ def collate(examples: Sequence[SFTExample], pad_token_id: int) -> dict[str, Any]
         attention[row, :n] = 1
         labels[row, p:n] = torch.tensor(e.answer)
     extra = {k: torch.cat([e.extra[k] for e in examples]) for k in examples[0].extra}
-    return {"input_ids": ids, "attention_mask": attention, "labels": labels, "extra": extra}
+    dense = torch.cat([e.dense for e in examples]) if all(e.dense is not None for e in examples) else None
+    return {"input_ids": ids, "attention_mask": attention, "labels": labels, "extra": extra, "dense": dense}
 
 
-def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the answer tokens of the batch (token-level averaging)."""
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
-    )
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor, average: str = "token") -> torch.Tensor:
+    """Next-token cross-entropy on the answer tokens: the mean over the batch's answer tokens (``token``), or
+    each example's mean, then the mean over examples (``example``: a one-word answer weighs what a caption does)."""
+    targets = labels[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100,
+        reduction="none").view(targets.shape)
+    mask = (targets != -100).float()
+    if average == "example":
+        return ((per_token * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
+    return (per_token * mask).sum() / mask.sum().clamp_min(1)

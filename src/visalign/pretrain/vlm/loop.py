@@ -37,6 +37,7 @@ from visalign.pretrain.stage import due, log_metrics, set_learning_rate, stage_p
 from visalign.pretrain.vlm.card import write_card
 from visalign.pretrain.vlm.config import VLMPretrainConfig
 from visalign.pretrain.vlm.data import SFTExample, answer_loss, caption_examples, collate, encode_examples
+from visalign.pretrain.vlm.dense import DenseHead, MergedTokens, with_targets
 from visalign.pretrain.vlm.evaluation import greedy_answers, score_answers
 from visalign.run_directory import RunLock
 from visalign.seeding import seed_from_ints, torch_generator
@@ -93,13 +94,17 @@ def step_indices(seed: int, step: int, batch_size: int, n: int, stream: int = 0)
     return out
 
 
-def _state(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, wall: float) -> dict[str, Any]:
+def _state(model: torch.nn.Module, head: DenseHead | None, opt: torch.optim.Optimizer, step: int, wall: float
+           ) -> dict[str, Any]:
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}  # tied weights: one copy each
-    return {"step": step, "model": weights, "optim": opt.state_dict(), "wall": wall}
+    state = {"step": step, "model": weights, "optim": opt.state_dict(), "wall": wall}
+    if head is not None:
+        state["dense_head"] = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    return state
 
 
-def _resume(model: torch.nn.Module, opt: torch.optim.Optimizer, path: Path, cfg: VLMPretrainConfig,
-            console: Console) -> tuple[int, float]:
+def _resume(model: torch.nn.Module, head: DenseHead | None, opt: torch.optim.Optimizer, path: Path,
+            cfg: VLMPretrainConfig, console: Console) -> tuple[int, float]:
     state = load_checkpoint(path)
     if state is None:
         return 0, 0.0
@@ -108,6 +113,10 @@ def _resume(model: torch.nn.Module, opt: torch.optim.Optimizer, path: Path, cfg:
                         f"use a new run_dir (or the export at that step under {path.parent.parent / 'exports'})")
     try:
         model.load_state_dict(state["model"])
+        if (head is None) != ("dense_head" not in state):
+            raise RuntimeError("train.dense_weight differs from the checkpoint's run")
+        if head is not None:
+            head.load_state_dict(state["dense_head"])
     except RuntimeError as err:
         raise UserError(f"{path}: does not fit this config's model ({str(err).splitlines()[0]}); "
                         f"use a new run_dir") from None
@@ -139,18 +148,38 @@ def step_examples(cfg: VLMPretrainConfig, step: int, questions: list[SFTExample]
     return picked
 
 
+class DenseLoss:
+    """The dense loss of the vision tokens (``train.dense_weight`` > 0): the head and the captured tokens."""
+
+    def __init__(self, model: Any, spec: TinyVLMSpec, seed: int) -> None:
+        with torch.random.fork_rng():  # the head's own init, leaving the global generator as it was
+            torch.manual_seed(seed_from_ints(seed, STAGE_IDS["vlm"], 2))
+            self.head = DenseHead(spec.hidden_size, spec.merge_size)
+        self.tokens = MergedTokens(model)
+
+    def __call__(self, targets: torch.Tensor) -> torch.Tensor:
+        return self.head.loss(self.tokens.take(), targets)
+
+
 def _train_step(model: Any, opt: torch.optim.Optimizer, data: tuple[list[SFTExample], list[SFTExample]],
-                pad: int, cfg: VLMPretrainConfig, step: int) -> tuple[float, float, int]:
+                pad: int, cfg: VLMPretrainConfig, step: int, dense: DenseLoss | None) -> dict[str, float]:
     t = cfg.train
     set_learning_rate(opt, t.lr * lr_factor(step, t.warmup, t.steps, "constant", t.decay_steps))
     batch = collate(step_examples(cfg, step, *data), pad)
     logits = vlm_forward(model, batch["input_ids"], batch["attention_mask"], batch["extra"])
-    loss = answer_loss(logits, batch["labels"])
+    answer = answer_loss(logits, batch["labels"], t.loss_average)
+    out = {"answer_tokens": int((batch["labels"] != -100).sum())}
+    loss = answer
+    if dense is not None:
+        dense_loss = dense(batch["dense"])
+        loss = answer + t.dense_weight * dense_loss
+        out["answer_loss"], out["dense_loss"] = answer.item(), dense_loss.item()
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    out["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, t.grad_clip).item()
     opt.step()
-    return loss.item(), grad_norm.item(), int((batch["labels"] != -100).sum())
+    return {"loss": loss.item(), **out}
 
 
 def run_vlm_pretrain(cfg: VLMPretrainConfig, console: Console | None = None) -> Path:
@@ -162,18 +191,24 @@ def run_vlm_pretrain(cfg: VLMPretrainConfig, console: Console | None = None) -> 
         if lock.stale_message():
             console.print(lock.stale_message(), soft_wrap=True)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
-        model, processor = build_vlm(model_spec(cfg), seed=cfg.seed)
+        spec = model_spec(cfg)
+        model, processor = build_vlm(spec, seed=cfg.seed)
         train_items, test_items = train_questions(cfg, run_dir, console), load_questions(cfg.data.test)
         t_enc = time.perf_counter()
         examples = encode_examples(processor, train_items)
+        dense = DenseLoss(model, spec, cfg.seed) if cfg.train.dense_weight else None
+        if dense is not None:
+            examples = with_targets(train_items, examples, spec.patch_size, spec.merge_size)
         captions = (caption_examples(processor, train_items, examples, cfg.data.caption_style)
                     if cfg.data.caption_fraction else [])
         console.print(f"vlm: {sum(p.numel() for p in model.parameters()):,} parameters; {len(examples)} train "
                       f"questions and {len(captions)} captions encoded in {time.perf_counter() - t_enc:.1f}s; "
                       f"{len(test_items)} test questions")
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        params = list(model.parameters()) + (list(dense.head.parameters()) if dense is not None else [])
+        opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         ckpt = run_dir / "checkpoints" / "vlm.safetensors"
-        start, wall = _resume(model, opt, ckpt, cfg, console)
+        head = dense.head if dense is not None else None
+        start, wall = _resume(model, head, opt, ckpt, cfg, console)
         for log in ("metrics.jsonl", "eval.jsonl"):
             truncate_jsonl(run_dir / log, "step", start)
         pad, steps = int(processor.tokenizer.pad_token_id), cfg.train.steps
@@ -183,13 +218,12 @@ def run_vlm_pretrain(cfg: VLMPretrainConfig, console: Console | None = None) -> 
         with stage_progress(console) as progress:
             task = progress.add_task("vlm", total=steps, completed=start, info="")
             for step in range(start, steps):
-                loss, grad_norm, tokens = _train_step(model, opt, (examples, captions), pad, cfg, step)
-                done = step + 1
+                metrics = _train_step(model, opt, (examples, captions), pad, cfg, step, dense)
+                done, loss = step + 1, metrics["loss"]
                 progress.update(task, completed=done, info=f"loss {loss:.4f}")
                 if due(done, cfg.log.every, steps):
                     now = time.perf_counter() - t0
-                    row = {"step": done, "loss": loss, "grad_norm": grad_norm, "answer_tokens": tokens,
-                           "lr": opt.param_groups[0]["lr"], "wall": now}
+                    row = {"step": done, **metrics, "lr": opt.param_groups[0]["lr"], "wall": now}
                     log_metrics(run_dir / "metrics.jsonl", row, console,
                                 f"vlm step {done}/{steps} loss {loss:.4f} wall {now:.0f}s")
                 if due(done, cfg.log.eval_every, steps):
@@ -201,7 +235,7 @@ def run_vlm_pretrain(cfg: VLMPretrainConfig, console: Console | None = None) -> 
                     save_vlm(model, processor, run_dir / "exports" / f"step-{done:06d}")
                     model.train()
                 if due(done, cfg.log.checkpoint_every, steps):
-                    save_checkpoint(ckpt, _state(model, opt, done, time.perf_counter() - t0))
+                    save_checkpoint(ckpt, _state(model, head, opt, done, time.perf_counter() - t0))
         wall = time.perf_counter() - t0
         model.eval()
         out = finish(model, processor, cfg, run_dir / "model", test_items, steps, wall, console, final_scores)
