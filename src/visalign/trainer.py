@@ -21,12 +21,13 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from visalign.advantages import compute_advantages
+from visalign.advantages import Advantages, compute_advantages
 from visalign.algorithms import build_algorithm
 from visalign.algorithms.base import RunContext
 from visalign.checkpoint import find_resume, list_checkpoints, rng_state, save_checkpoint, set_rng_state
@@ -49,6 +50,17 @@ from visalign.seeding import sample_seed, torch_generator
 
 # a full disk, a read-only folder, no permission, a quota: the user's storage, not a bug
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+@dataclass
+class Collected:
+    """An iteration's rollout after scoring: ``rollout.advantages`` / ``mask`` / ``rewards`` are set."""
+
+    rollout: Any
+    scores: dict[str, torch.Tensor]  # gathered over processes
+    local_scores: dict[str, torch.Tensor]
+    advantages: Advantages  # of the gathered batch
+    rollout_seconds: float
 
 
 class Trainer:
@@ -257,39 +269,53 @@ class Trainer:
         batch = self.algorithm.offline_batch(it, self.generator)
         if batch is not None:
             return self._offline_iteration(it, batch, time.perf_counter() - t0)
+        collected = self.collect(it)
+        rollout = collected.rollout
+        t2 = time.perf_counter()
+        self.generator.denoiser.train()
+        row.update(self._optimize(rollout, it))
+        self.generator.denoiser.eval()
+        train_seconds = time.perf_counter() - t2
+
+        main = reward_name(self.rewards[0][0])
+        row.update(reward_metrics(collected.scores, collected.local_scores, rollout.metadata, main=main))
+        row.update(collected.advantages.stats())
+        row["lr"] = float(self.lr_schedule.get_last_lr()[0])
+        rollout_seconds = collected.rollout_seconds
+        reward_seconds = t2 - t0 - rollout_seconds  # scoring, advantages and picking the prompts
+        row["time/rollout"], row["time/reward"], row["time/train"] = rollout_seconds, reward_seconds, train_seconds
+        row["images_per_s"] = len(rollout) * self.world / max(rollout_seconds, 1e-9)
+        self.timings["rollout"] += rollout_seconds
+        self.timings["reward"] += reward_seconds
+        self.timings["train"] += train_seconds
+        return row
+
+    def collect(self, it: int) -> Collected:
+        """Iteration ``it``'s rollout, scored, with its advantages and zero-variance mask set: everything an update
+        uses, without the update (``iteration`` goes on to optimise; ``visalign signal`` measures the gradient)."""
         items, prompt_ids, seeds = self._local_samples(it)
         self.generator.denoiser.eval()
+        t0 = time.perf_counter()
         with self.algorithm.rollout_weights(self.generator):
             rollout = self.rollouts.rollout(it, self.algorithm, items, prompt_ids, seeds)
-        t1 = time.perf_counter()
+        rollout_seconds = time.perf_counter() - t0
         local_scores = score_outputs(self.rewards, rollout.outputs, rollout.prompts, rollout.metadata,
                                      rollout.group_ids)
         scores = {k: self._gather(v) for k, v in local_scores.items()}
-        groups = self._gather(rollout.group_ids)
-        weights = {reward_name(r): w for r, w in self.rewards}
-        a = self.advantage
-        adv = compute_advantages(scores, groups, weights=weights, mode=a.mode, std=a.std, clip=a.clip, eps=a.eps,
-                                 std_correction=a.std_correction)
+        adv = self.advantages_of(scores, self._gather(rollout.group_ids))
         n_local = len(rollout)
         sl = slice(self.rank * n_local, (self.rank + 1) * n_local)
         dev = rollout.device
         rollout.advantages, rollout.mask = adv.values[sl].to(dev), adv.mask[sl].to(dev)
         rollout.rewards = local_scores
-        t2 = time.perf_counter()
-        self.generator.denoiser.train()
-        row.update(self._optimize(rollout, it))
-        self.generator.denoiser.eval()
-        t3 = time.perf_counter()
+        return Collected(rollout, scores, local_scores, adv, rollout_seconds)
 
-        row.update(reward_metrics(scores, local_scores, rollout.metadata, main=next(iter(weights))))
-        row.update(adv.stats())
-        row["lr"] = float(self.lr_schedule.get_last_lr()[0])
-        row["time/rollout"], row["time/reward"], row["time/train"] = t1 - t0, t2 - t1, t3 - t2
-        row["images_per_s"] = len(rollout) * self.world / max(t1 - t0, 1e-9)
-        self.timings["rollout"] += t1 - t0
-        self.timings["reward"] += t2 - t1
-        self.timings["train"] += t3 - t2
-        return row
+    def advantages_of(self, scores: dict[str, torch.Tensor], groups: torch.Tensor) -> Advantages:
+        """The run's advantages (``advantage`` settings, reward weights) of gathered ``scores``."""
+        a = self.advantage
+        weights = {reward_name(r): w for r, w in self.rewards}
+        return compute_advantages(scores, groups, weights=weights, mode=a.mode, std=a.std, clip=a.clip, eps=a.eps,
+                                  std_correction=a.std_correction)
 
     def _offline_iteration(self, it: int, batch: Any, data_seconds: float) -> dict[str, Any]:
         """An iteration of an algorithm that trains on a fixed data set: its ``offline_batch(it, generator)``

@@ -19,4 +19,5 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve_reward": ("serve-reward", "serve a registered reward over HTTP"),
     "rewards": ("rewards", "list rewards; train the learned ShapesWorld reward model"),
     "methods": ("methods", "list every algorithm with its family, paper, recipe and status"),
+    "signal": ("signal", "measure a recipe's gradient signal-to-noise ratio at its base"),
 }
