@@ -103,13 +103,37 @@ def test_trl_messages_and_r1v_columns(tmp_path):
         ("numeric", "3", "How many?"), ("open", "cat", "What is written?"), ("numeric", "4", "How many dots?")]
 
 
+def test_numeric_choices_base64_images_booleans_and_null_columns(tmp_path):
+    import base64
+
+    noisy = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    noisy[0, 0] = (9, 9, 9)
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(noisy).save(buffer, format="PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    assert len(encoded) > 255  # longer than a file name may be: read as base64, not as a path
+    rows = [
+        {"image": encoded, "question": "How many?", "choices": ["1", "2", "3"], "answer": "2", "messages": None},
+        {"image": encoded, "question": "How many?", "choices": ["1", "2", "3"], "answer": 2, "messages": None},
+        {"image": encoded, "question": "Is it red?", "answer": True, "choices": None, "messages": None},
+        {"image": [encoded], "question": "Which?", "choices": ["Red Fox", "cat"], "answer": "red  fox",
+         "messages": None},
+    ]
+    path = tmp_path / "mixed.jsonl"  # mixed answer types: JSONL (a parquet column holds one type)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = load_vqa(path)
+    assert [i["answer"] for i in items] == ["B", "C", "yes", "A"]  # "2" is a choice's text, 2 an index
+    assert np.asarray(items[0]["image"].convert("RGB"))[0, 0].tolist() == [9, 9, 9]
+
+
 @pytest.mark.parametrize(("row", "message"), [
     ({"image": "a.png", "question": "Q?"}, r"set.jsonl:1: needs a question .* and an answer"),
     ({"image": "missing.png", "question": "Q?", "answer": "1"}, r"set.jsonl:1 \[image\]: image file 'missing.png'"),
     ({"image": "a.png", "question": "Q?", "answer": "[5, 2, 1, 9]"}, r"set.jsonl:1: box answer .* x0 < x1"),
-    ({"image": "a.png", "question": "Q?", "choices": ["x", "y"], "answer": 2}, r"set.jsonl:1: answer '2' is neither"),
+    ({"image": "a.png", "question": "Q?", "choices": ["x", "y"], "answer": 2}, r"set.jsonl:1: answer index 2 is outside"),
+    ({"image": "a.png", "question": "Q?", "choices": ["x", "y"], "answer": "z"}, r"set.jsonl:1: answer 'z' is neither"),
     ({"image": "a.png", "conversations": [{"from": "human", "value": "Q"}]}, r"set.jsonl:1 \[conversations\]"),
-    ({"question": "Q?", "answer": "1", "images": "a.png"}, r"set.jsonl:1: needs an image"),
+    ({"question": "Q?", "answer": "1", "images": []}, r"set.jsonl:1: needs an image"),
 ])  # fmt: skip
 def test_bad_rows_name_the_file_line_and_key(tmp_path, row, message):
     (tmp_path / "a.png").write_bytes(_png((0, 0, 0)))
@@ -133,13 +157,13 @@ def test_the_answer_reward_scores_letters_numbers_and_boxes_by_hand(tmp_path):
     numeric = {"type": "numeric", "answer": "4"}
     reward = build_reward("vqa_answer")
     outputs = ["<answer>(B)</answer>", "B. green", "the green one", "green", "A", "<answer>[0, 2, 10, 11]</answer>",
-               "4.0", "four", "5"]
-    metadata = [mcq] * 5 + [rec] + [numeric] * 3
+               "4.0", "four", "5", "B, because it is green", "The answer is (B).", "A because"]
+    metadata = [mcq] * 5 + [rec] + [numeric] * 3 + [mcq] * 3
     scores = reward.score(outputs, [""] * len(outputs), metadata)
     iou = (10 * 9) / (10 * 18)  # the answered box covers half of the target's height
-    expected = [1.0, 1.0, 0.0, 1.0, 0.0, iou, 1.0, 1.0, 0.0]
+    expected = [1.0, 1.0, 0.0, 1.0, 0.0, iou, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0]
     torch.testing.assert_close(scores["vqa_answer"], torch.tensor(expected))
-    assert scores["answer_correct"].tolist() == [1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    assert scores["answer_correct"].tolist() == [1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0]
 
 
 @pytest.mark.parametrize("recipe", ["grpo_qwen25vl3b_rec", "grpo_qwen25vl7b_rec_full", "grpo_qwen25vl3b_mcq",

@@ -129,7 +129,11 @@ def image_ref(value: Any, at: str, base: Path) -> ImageRef:
             return ImageRef(data, at)
         path = Path(value).expanduser()
         path = path if path.is_absolute() else base / path
-        if path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError:  # a name longer than the file system allows: a base64 image, not a path
+            is_file = False
+        if is_file:
             return ImageRef(path, at)
         data = _base64(value) if len(value) > 64 else None  # a bare base64 string (no short path decodes by chance)
         if data is not None:

@@ -10,7 +10,7 @@ cosine is
 
     cos = r n / (r n + 2),      r = |g|^2 / s^2  (the per-sample signal-to-noise ratio),
 
-so r = 2 cos / (n (1 - cos)), and n_half = 2 / r samples make the gradient as much signal as noise. ``cos`` near 0
+so r = 2 cos / (n (1 - cos)), and 1 / r samples make a gradient as much signal as noise. ``cos`` near 0
 is pure noise. ``--shuffle-rewards`` permutes the rewards within each group before the advantages are computed:
 a reward that no longer depends on the image, the noise floor to compare with. A negative mean cosine reads as no
 signal (r reported as 0).
@@ -62,7 +62,7 @@ def loss_gradient(trainer: Trainer, rollout: Any, indices: torch.Tensor) -> torc
     for mb in micro:
         loss, _ = trainer.algorithm.loss(mb, trainer.generator)
         (loss / len(micro)).backward()
-    return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in params])
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().float() for p in params])
 
 
 def _shuffle_within_groups(scores: dict[str, torch.Tensor], groups: torch.Tensor, seed: int

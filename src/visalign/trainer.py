@@ -100,6 +100,10 @@ class Trainer:
         self.algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.options, source="algorithm.options")
         self._check_algorithm()
         self.advantage = self.algorithm.advantage_settings(cfg.advantage)
+        # the run's config holds the effective settings, so that its config.yaml reruns and resumes the same way
+        self._advantage_defaults = {k: v for k, v in self.advantage.model_dump().items()
+                                    if v != getattr(cfg.advantage, k)}
+        self.cfg = cfg = cfg.model_copy(update={"advantage": self.advantage})
         self.rollouts = build_rollout_engine(self.generator, cfg, self.algorithm)
 
         # rewards
@@ -358,10 +362,8 @@ class Trainer:
         try:
             if lock is not None and lock.stale_message():
                 self._say(lock.stale_message())
-            if self.advantage != self.cfg.advantage:
-                changed = {k: v for k, v in self.advantage.model_dump().items()
-                           if v != getattr(self.cfg.advantage, k)}
-                self._say(f"advantage: {self.cfg.algorithm.name}'s reference settings {changed} "
+            if self._advantage_defaults:
+                self._say(f"advantage: {self.cfg.algorithm.name}'s reference settings {self._advantage_defaults} "
                           f"(set advantage.* in the config to override)")
             return self._run()
         except OSError as err:

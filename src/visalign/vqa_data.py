@@ -44,8 +44,9 @@ ANSWER_KEYS = ("solution", "answer")
 CHOICE_KEYS = ("choices", "options")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _ANSWER_TAGS = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_BOX = re.compile(r"^\s*[\[(]\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*[\])]\s*$")
-_NUMBER = re.compile(r"^\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)\s*$")
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
+_BOX = re.compile(rf"^\s*[\[(]\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*[\])]\s*$")
+_NUMBER = re.compile(rf"^\s*{_NUM}\s*$")
 _LISTED = re.compile(r"(?m)^\s*\(?A[.):]")
 
 
@@ -103,14 +104,16 @@ def _load_file(path: Path) -> list[dict[str, Any]]:
 
 
 def _text(value: Any, at: str) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+    if isinstance(value, bool):  # a yes / no answer stored as a boolean
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        return str(int(value)) if float(value).is_integer() else str(value)
     if not isinstance(value, str) or not value.strip():
         raise UserError(f"{at}: expected a non-empty string, got {value!r:.80}")
     return value.strip()
 
 
-def _first(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+def _first(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:  # parquet rows hold null columns too
     return next((k for k in keys if row.get(k) is not None), None)
 
 
@@ -145,9 +148,9 @@ def _from_messages(messages: Any, loc: str) -> tuple[str, str]:
 
 
 def _question_answer(row: dict[str, Any], loc: str) -> tuple[str, str]:
-    if "conversations" in row:
+    if row.get("conversations") is not None:
         return _from_conversations(row["conversations"], loc)
-    if "messages" in row:
+    if row.get("messages") is not None:
         return _from_messages(row["messages"], loc)
     q, a = _first(row, QUESTION_KEYS), _first(row, ANSWER_KEYS)
     if q is None or a is None:
@@ -157,32 +160,40 @@ def _question_answer(row: dict[str, Any], loc: str) -> tuple[str, str]:
 
 
 def _image_value(row: dict[str, Any], loc: str) -> tuple[Any, str]:
-    if row.get("image") is not None:
-        return row["image"], "image"
-    images = row.get("images")
-    if isinstance(images, list) and images:
-        return images[0], "images"
+    for key in ("image", "images"):
+        value = row.get(key)
+        if isinstance(value, (list, tuple)):  # a list of images: the first (one image per question)
+            value = value[0] if value else None
+        if value is not None:
+            return value, key
     raise UserError(f"{loc}: needs an image ('image', or 'images' with at least one)")
 
 
-def _choice_answer(answer: str, choices: list[str], at: str) -> str:
-    """The answer's letter: given as a letter, an index or the choice's text."""
+def _choice_answer(raw: Any, answer: str, choices: list[str], at: str) -> str:
+    """The answer's letter. An integer is an index into the choices (ScienceQA's convention); a string is the
+    text of a choice (compared case- and space-insensitively: choices "1", "2", "3" are texts, not indices) or a
+    letter."""
     letters = LETTERS[: len(choices)]
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and float(raw).is_integer():
+        if 0 <= int(raw) < len(choices):
+            return letters[int(raw)]
+        raise UserError(f"{at}: answer index {int(raw)} is outside the {len(choices)} choices")
+    folded = [" ".join(c.casefold().split()) for c in choices]
+    wanted = " ".join(answer.casefold().split())
+    if wanted in folded:
+        return letters[folded.index(wanted)]
     text = answer.strip().strip("()").rstrip(".")
     if len(text) == 1 and text.upper() in letters:
         return text.upper()
-    if text.isdigit() and int(text) < len(choices):
-        return letters[int(text)]
-    if answer in choices:
-        return letters[choices.index(answer)]
-    raise UserError(f"{at}: answer {answer!r} is neither a letter {letters[0]}-{letters[-1]}, an index below "
-                    f"{len(choices)} nor one of the choices")
+    raise UserError(f"{at}: answer {answer!r} is neither one of the choices, a letter {letters[0]}-{letters[-1]} "
+                    f"nor an index below {len(choices)}")
 
 
 def row_item(row: dict[str, Any], loc: str, base: Path) -> dict[str, Any]:
     """One row as an item: ``prompt``, ``messages``, ``image`` (an ``ImageRef``), ``type``, ``answer`` (and
     ``box`` / ``choices``), ``source`` (its location)."""
     question, answer = _question_answer(row, loc)
+    answer_key = _first(row, ANSWER_KEYS)
     match = _ANSWER_TAGS.search(answer)
     answer = match.group(1).strip() if match else answer
     value, key = _image_value(row, loc)
@@ -191,10 +202,12 @@ def row_item(row: dict[str, Any], loc: str, base: Path) -> dict[str, Any]:
     box = _BOX.match(answer)
     if choice_key is not None:
         choices = row[choice_key]
+        choices = list(choices) if isinstance(choices, (list, tuple)) else choices
         if not isinstance(choices, list) or len(choices) < 2 or len(choices) > len(LETTERS):
             raise UserError(f"{loc} [{choice_key}]: expected a list of 2-{len(LETTERS)} choices")
         choices = [_text(c, f"{loc} [{choice_key}]") for c in choices]
-        item.update(type="multiple_choice", choices=choices, answer=_choice_answer(answer, choices, loc))
+        raw = row.get(answer_key) if answer_key is not None else answer
+        item.update(type="multiple_choice", choices=choices, answer=_choice_answer(raw, answer, choices, loc))
         if not _LISTED.search(question):
             question += "\n" + "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
     elif box is not None:

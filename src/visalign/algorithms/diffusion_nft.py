@@ -190,8 +190,8 @@ class DiffusionNFT(ForwardProcessAlgorithm):
         if not state:
             return
         self.updated_for = int(state["updated_for"])
-        # a checkpoint of a release that counted iterations: one optimizer step per finished iteration
-        self.optimizer_steps = int(state.get("optimizer_steps", max(self.updated_for - 1, 0)))
+        # a checkpoint of a release that counted iterations (decay rate * finished iterations at the next start)
+        self.optimizer_steps = int(state.get("optimizer_steps", self.updated_for))
         if self.old is not None:
             self.old.load_state_dict(state["old"])
         else:

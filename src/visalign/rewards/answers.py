@@ -40,9 +40,17 @@ _NUMBER_WORDS = {w: float(i) for i, w in enumerate(
 _YES, _NO = {"yes", "y", "true"}, {"no", "n", "false"}
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+")
 _SPACED_DIGITS = re.compile(r"\d(?: \d)+")
-_CHOICE = re.compile(r"^(?:option\s+|answer:?\s+)?\(?([a-z])\)?(?:[.):]|\s|$)")
+_CHOICE_ALONE = re.compile(r"\(?([A-Za-z])\)?[.):,]?")
+_CHOICE_LEAD = re.compile(r"^(?:[Oo]ption\s+|[Aa]nswer:?\s*)?\(?([A-Z])\)?(?:[.):,]|\s|$)")
+_CHOICE_SAID = re.compile(r"answer is:?\s*\(?([A-Za-z])\)?(?:[.):,]|\s|$)", re.IGNORECASE)
 
 Box = tuple[float, float, float, float]
+
+
+def _answer_text(output: str) -> str:
+    """The content of the first ``<answer>...</answer>``, else the whole output, stripped (case kept)."""
+    match = _ANSWER.search(output)
+    return (match.group(1) if match else output).strip()
 
 
 def extract_answer(output: str) -> str:
@@ -71,10 +79,19 @@ def parse_number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def choice_letter(text: str) -> str | None:
-    """The letter a multiple-choice answer picks: "B", "(B)", "B.", "B) the cat", "option B", else None."""
-    match = _CHOICE.match(normalise(text))
-    return match.group(1) if match else None
+def choice_letter(text: str, n_choices: int = 26) -> str | None:
+    """The letter (lower case) a multiple-choice answer picks among the first ``n_choices``: "B", "(b)", "B.",
+    "B) the cat", "B, because ...", "A because ...", "option B", "the answer is (B)"; else None."""
+    text = text.strip().strip("\"'`").strip()
+    valid = "abcdefghijklmnopqrstuvwxyz"[:n_choices]
+    alone = _CHOICE_ALONE.fullmatch(text)  # the whole answer is one letter: any case
+    if alone and alone.group(1).casefold() in valid:
+        return alone.group(1).casefold()
+    for pattern in (_CHOICE_LEAD, _CHOICE_SAID):  # a capital letter leading the answer, or "answer is X"
+        match = pattern.search(text)
+        if match and match.group(1).casefold() in valid:
+            return match.group(1).casefold()
+    return None
 
 
 def answer_matches(output: str, target: str, choices: Sequence[str] | None = None) -> bool:
@@ -83,7 +100,7 @@ def answer_matches(output: str, target: str, choices: Sequence[str] | None = Non
     or the answer must be the target choice's text."""
     if choices:
         letter = target.strip().casefold()
-        picked = choice_letter(extract_answer(output))
+        picked = choice_letter(_answer_text(output), len(choices))
         if picked is not None:
             return picked == letter
         index = "abcdefghijklmnopqrstuvwxyz".find(letter)

@@ -1,4 +1,5 @@
-"""ShapesWorld verifier rewards: GenEval's strict rules (0/1) and a soft partial-credit score in [0, 1].
+"""ShapesWorld verifier rewards: GenEval's strict rules (0/1), a soft partial-credit score in [0, 1], and a graded
+score that follows the verifier's measurements continuously (``shapes_graded``).
 
 Both wrap ``visalign.worlds.shapes.verifier.verify_batch`` (classical image analysis against the prompt's
 GenEval-style metadata; each metadata carries a ``"tag"`` from ``visalign.worlds.shapes.vocab.TAGS``).
@@ -76,6 +77,34 @@ class ShapesSoft(_ShapesVerifierReward):
 
     name = "shapes_soft"
     summary = "ShapesWorld verifier, partial credit"
+
+
+@register_reward("shapes_graded")
+class ShapesGraded(Reward):
+    """The verifier's measurements as a continuous score in [0, 1] (``worlds/shapes/graded.py``): shape-template
+    correlation, colour distance, relation margin, count of matching objects; exactly 1 when the strict verdict is
+    correct, below 1 otherwise. Components: ``shapes_strict`` and ``shapes_soft`` (the judges of every reported
+    score; a run whose graded reward rises while strict does not is gaming the graded score)."""
+
+    name = "shapes_graded"
+    summary = "ShapesWorld verifier measurements as a continuous score (1 iff strict); components strict, soft"
+    differentiable = False
+    groupwise = False
+    output_range = (0.0, 1.0)
+    needs_metadata = NEEDS_METADATA
+
+    def score(
+        self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        from visalign.worlds.shapes.graded import graded_batch
+
+        for i, meta in enumerate(metadata):
+            if not meta:
+                raise RewardError(f"reward 'shapes_graded': batch position {i} has no metadata")
+        verdicts, graded = graded_batch(images.detach(), list(metadata))
+        return {self.name: torch.tensor(graded, dtype=torch.float32),
+                "shapes_strict": torch.tensor([float(v.correct) for v in verdicts], dtype=torch.float32),
+                "shapes_soft": torch.tensor([float(v.score) for v in verdicts], dtype=torch.float32)}
 
 
 @register_reward("shapes_pairwise")

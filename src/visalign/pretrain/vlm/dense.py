@@ -78,6 +78,9 @@ def _majority(labels: np.ndarray, patch: int) -> np.ndarray:
 
 def patch_targets(scene: Scene, patch: int, merge: int) -> torch.Tensor:
     """``[tokens, merge * merge, 3]`` labels (class, colour, centre 0/1) in Qwen2-VL's patch order."""
+    if scene.size % (patch * merge):
+        raise UserError(f"train.dense_weight: a {scene.size} px image is not a whole number of {patch * merge} px "
+                        f"merge windows (patch {patch} x merge {merge})")
     cls, col = pixel_labels(scene)
     cls_p, col_p = _majority(cls, patch), _majority(col, patch)
     centre = np.zeros_like(cls_p)
@@ -143,5 +146,10 @@ def with_targets(items: Sequence[dict[str, Any]], examples: Sequence[Any], patch
         key = (image["seed"], image["size"], image["metadata"].get("prompt"))
         if key not in cache:
             cache[key] = patch_targets(question_scene(item), patch, merge)
+        patches = int(example.extra["image_grid_thw"].prod())
+        if cache[key].shape[0] * merge * merge != patches:
+            raise UserError(f"train.dense_weight: a {image['size']} px image is {patches} patches for the model but "
+                            f"{cache[key].shape[0] * merge * merge} in its scene's labels; dense labels need images "
+                            f"the processor keeps at their size (a multiple of patch x merge, within max_pixels)")
         out.append(replace(example, dense=cache[key]))
     return out
