@@ -6,8 +6,8 @@ quickstart's levers: the table of ``docs/signal.md``.
 
 Each entry is a recipe plus overrides measured by ``visalign.gradient_signal`` (two halves of a rollout, their
 gradient cosine, r = 2 cos / (n (1 - cos))); finished entries under ``--out`` are reused. It writes
-``docs/signal.json`` and the table between the ``<!-- recipe_signal -->`` markers of ``--docs``. Offline recipes
-(a fixed pair file, no rollout) are not measured.
+``docs/signal.json`` and the table between the ``<!-- recipe_signal -->`` markers of ``--docs``. The offline DPO
+recipe (a fixed pair file, no rollout) and Pref-GRPO with a served VLM judge are not measured.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- recipe_signal -->"
-OFFLINE = {"diffusion_dpo_offline_shapes"}
+# not measured: a fixed pair file and no rollout; a VLM judge served over HTTP
+SKIPPED = {"diffusion_dpo_offline_shapes", "pref_grpo_shapes"}
 
 # name -> (recipe, overrides, what the entry measures)
 LEVERS: dict[str, tuple[str, list[str], str]] = {
@@ -39,7 +40,7 @@ LEVERS: dict[str, tuple[str, list[str], str]] = {
 
 
 def entries() -> dict[str, tuple[str, list[str], str]]:
-    recipes = sorted(p.stem for p in (ROOT / "recipes").glob("*_shapes.yaml") if p.stem not in OFFLINE)
+    recipes = sorted(p.stem for p in (ROOT / "recipes").glob("*_shapes.yaml") if p.stem not in SKIPPED)
     out = {"quickstart": ("quickstart", [], "the quickstart as shipped")}
     out.update(LEVERS)
     out.update({name: (name, [], "shipped recipe") for name in recipes})

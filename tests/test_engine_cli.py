@@ -35,6 +35,12 @@ def test_train_cli_writes_the_run_directory(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["base"]["overall"] == json.loads((run / "evals/iter_0000/results.json").read_text())["overall"]
     assert summary["final"]["overall"] == result["overall"]
+    second = summary["second_split"]  # the compositional split: at the base (read back on resume) and at the end
+    assert second["split"] == "test" and second["base"]["overall"] == json.loads(
+        (run / "evals/iter_0000/second/results.json").read_text())["overall"]
+    assert second["final"]["overall"] == json.loads((run / "evals/iter_0002/second/results.json").read_text())[
+        "overall"]
+    assert "second split (test)" in out
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     assert "eval/overall" in rows[-1] and "reward/shapes_soft/shapes_strict/mean" in rows[-1]

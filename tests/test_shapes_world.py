@@ -58,10 +58,20 @@ def _color_shape_pairs(mds: Iterable[dict]) -> set[tuple[str, str]]:
 
 def test_shipped_splits_are_what_the_generator_produces() -> None:
     fresh = generate_splits(0)
-    for split in ("train", "test"):
+    for split in ("train", "test", "iid"):
         assert load_split(split) == fresh[split]
         shipped = (DATA_DIR / f"{split}.jsonl").read_text().splitlines()
         assert [json.loads(line) for line in shipped] == fresh[split]
+
+
+def test_the_iid_split_is_drawn_from_train_per_tag() -> None:
+    from visalign.worlds.shapes.prompts import IID_PER_TAG
+
+    train, iid = load_split("train"), load_split("iid")
+    assert all(md in train for md in iid) and len({md["prompt"] for md in iid}) == len(iid)
+    per_tag_train = Counter(md["tag"] for md in train)
+    assert Counter(md["tag"] for md in iid) == {t: min(IID_PER_TAG, n // 2) for t, n in per_tag_train.items()}
+    assert generate_splits(1)["iid"] != iid  # seeded
 
 
 def test_split_sizes_and_disjoint_prompts() -> None:

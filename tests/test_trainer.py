@@ -214,3 +214,25 @@ def test_balance_by_tag_repeats_each_tag_to_the_largest_count():
     assert [m["prompt"] for m in out] == ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "b0", "b1", "b0"]
     untagged = [{"prompt": "x"}, {"prompt": "y"}]
     assert balance_by_tag(untagged) == untagged
+
+
+def test_a_second_split_is_scored_before_and_after_and_iid_prompts_stay_out_of_training(tmp_path):
+    """The anchors' protocol: train without the i.i.d. split's prompts, score it as data.test, and the
+    compositional split beside it (eval.second_split) at the base and at the end."""
+    from visalign.worlds.shapes.prompts import load_split
+
+    tr = _trainer(tmp_path, ["train.iterations=2", "eval.enabled=true", "eval.every=0", "eval.num_steps=2",
+                             "eval.max_prompts=3", "data.test=iid", "eval.second_split=test", "data.exclude=[iid]"])
+    iid = {md["prompt"] for md in load_split("iid")}
+    assert not iid & {item["prompt"] for item in tr.train_items}
+    assert len(tr.train_items) == len(load_split("train")) - len(iid)
+    summary = tr.run()
+    second = summary["second_split"]
+    assert second["split"] == "test" and second["base"] is not None and second["final"] is not None
+    assert second["improvement"] == pytest.approx(second["final"]["overall"] - second["base"]["overall"])
+    for it in (0, 2):
+        results = json.loads((tmp_path / "run" / "evals" / f"iter_{it:04d}" / "second" / "results.json").read_text())
+        assert results["overall"] == second["base" if it == 0 else "final"]["overall"]
+        assert {img["prompt"] for img in results["images"]} <= {md["prompt"] for md in load_split("test")}
+    first = json.loads((tmp_path / "run" / "evals" / "iter_0000" / "results.json").read_text())
+    assert {img["prompt"] for img in first["images"]} <= iid

@@ -80,6 +80,9 @@ class AdvantageConfig(StrictModel):
 class DataConfig(StrictModel):
     train: str = "train"  # ShapesWorld split name, or a prompt file (.jsonl with "prompt" / .txt)
     test: str = "test"
+    # prompt sources whose prompts are taken out of data.train (by prompt text): [iid] keeps the i.i.d. held-out
+    # split (drawn from the train split, worlds/shapes/prompts.py) out of training
+    exclude: list[str] = []
     # the splits read from a question-set folder in the Hub layout (data/{split}-*.parquet; vqa_data.py)
     train_split: str = "train"
     test_split: str = "test"
@@ -141,6 +144,9 @@ class EvalConfig(StrictModel):
     use_ema: bool = True
     seed: int = 1234
     enabled: bool = True
+    # a second held-out split, scored like data.test before training and at the end only (e.g. test, the
+    # compositional split, beside data.test: iid); summary.json reports it under "second_split"
+    second_split: str | None = None
 
 
 class LogConfig(StrictModel):
@@ -230,7 +236,7 @@ def _prompt_file_problems(key: str, source: str) -> Iterator[tuple[str, str]]:
     """A prompt file that is not UTF-8 text. A missing one is not a problem of the config (a recipe may name data
     that is downloaded later); the trainer reports it, and checks every line, when it reads the file."""
     path = Path(source)
-    if source in ("train", "test") or not path.is_file():  # train / test: the shipped ShapesWorld splits
+    if source in ("train", "test", "iid") or not path.is_file():  # the shipped ShapesWorld splits
         return
     if path.suffix.lower() == ".parquet":  # a binary question set: vqa_data checks it when it reads it
         return

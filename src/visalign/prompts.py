@@ -21,16 +21,16 @@ if TYPE_CHECKING:
 
 
 def load_prompts(source: str, split: str = "train", question_template: str | None = None) -> list[dict[str, Any]]:
-    """A ShapesWorld split name (``train`` / ``test`` prompts, ``qa_train`` / ``qa_test`` questions), a JSONL file
+    """A ShapesWorld split name (``train`` / ``test`` / ``iid`` prompts, ``qa_train`` / ``qa_test`` questions), a JSONL file
     of metadata (each with a "prompt") or of questions (each with "messages"), a visual question set
     (``vqa_data``: a data file with an image column, or a Hub-layout folder whose ``split`` it reads), or a text
     file of prompts. ``question_template`` (``data.question_template``) rewrites a question set's questions.
 
     A question gets its text as ``prompt`` (what the logs and the report show)."""
     from visalign.vqa_data import is_vqa_source, load_vqa
-    from visalign.worlds.shapes.prompts import load_prompt_file, load_split
+    from visalign.worlds.shapes.prompts import SPLITS, load_prompt_file, load_split
 
-    if source in ("train", "test"):
+    if source in SPLITS:
         return load_split(source)
     if source in ("qa_train", "qa_test"):
         return _questions(source.removeprefix("qa_"))
@@ -90,8 +90,14 @@ def balance_by_tag(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def train_prompts(cfg: Config) -> list[dict[str, Any]]:
-    """The run's training prompts: ``data.train``, tag-balanced when ``data.balance_tags``."""
+    """The run's training prompts: ``data.train`` without the prompts of ``data.exclude`` (e.g. the held-out
+    ``iid`` split), tag-balanced when ``data.balance_tags``."""
     items = load_prompts(cfg.data.train, cfg.data.train_split, cfg.data.question_template)
+    if cfg.data.exclude:
+        held = {item.get("prompt") for source in cfg.data.exclude for item in load_prompts(source)}
+        items = [item for item in items if item.get("prompt") not in held]
+        if not items:
+            raise UserError(f"data.exclude {cfg.data.exclude} removes every prompt of data.train ({cfg.data.train})")
     return balance_by_tag(items) if cfg.data.balance_tags else items
 
 

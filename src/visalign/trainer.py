@@ -117,9 +117,14 @@ class Trainer:
         self.train_items = train_prompts(cfg)
         self.test_items = (load_prompts(cfg.data.test, cfg.data.test_split, cfg.data.question_template)
                            if cfg.eval.enabled else [])
+        second = cfg.eval.second_split if cfg.eval.enabled else None
+        self.second_items = (load_prompts(second, cfg.data.test_split, cfg.data.question_template)
+                             if second else [])
         # a prompt without the metadata a reward reads: say so now, naming the file, not after the first rollout
         check_metadata(self.rewards, self.train_items, cfg.data.train)
         check_metadata(self.rewards, self.test_items, cfg.data.test)
+        if second:
+            check_metadata(self.rewards, self.second_items, second)
         self.stream = PromptStream(len(self.train_items), cfg.seed)
 
         # optimisation
@@ -336,18 +341,20 @@ class Trainer:
         return row
 
     # ---- evaluation ---------------------------------------------------------------------------------------
-    def evaluate(self, it: int) -> dict[str, Any] | None:
+    def evaluate(self, it: int, second: bool = False) -> dict[str, Any] | None:
         """The held-out evaluation after iteration ``it`` (with the EMA weights if configured); writes
-        ``evals/iter_XXXX/results.json``."""
-        if not self.cfg.eval.enabled or not self.test_items:
+        ``evals/iter_XXXX/results.json`` (``second``: ``eval.second_split``'s, in ``evals/iter_XXXX/second/``)."""
+        items = self.second_items if second else self.test_items
+        if not self.cfg.eval.enabled or not items:
             return None
         t0 = time.perf_counter()
         result = None
         if self.is_main:
             use_ema = self.ema is not None and self.cfg.eval.use_ema and it > 0
+            folder = self.run_dir / "evals" / f"iter_{it:04d}"
             with self.ema.swapped() if use_ema else contextlib.nullcontext():
-                result = self.rollouts.evaluate(self.cfg, self.test_items,
-                                                self.run_dir / "evals" / f"iter_{it:04d}", self.rewards)
+                result = self.rollouts.evaluate(self.cfg, items, folder / "second" if second else folder,
+                                                self.rewards)
         self.accelerator.wait_for_everyone()
         self._last_eval_seconds = time.perf_counter() - t0
         self._eval_seconds_run += self._last_eval_seconds
@@ -427,10 +434,12 @@ class Trainer:
                                config=cfg.model_dump(mode="json"), enabled=self.is_main)
         if self.start_iteration == 0:
             base_eval = self.evaluate(0)
+            base_second = self.evaluate(0, second=True)
             if base_eval is not None:
                 logger.log({"iteration": 0, **eval_row(base_eval)})
         else:
             base_eval = read_eval(self.run_dir, 0)
+            base_second = read_eval(self.run_dir, 0, second=True) if self.second_items else None
         last_eval = base_eval
         end = cfg.train.iterations
         stop = min(end, cfg.stop_after) if cfg.stop_after is not None else end
@@ -463,11 +472,18 @@ class Trainer:
                     progress.print(f"time budget of {cfg.train.time_budget_min} min reached after iteration {it}")
                     break
         logger.close()
+        second = None
+        if self.second_items:
+            final_second = self.evaluate(it, second=True) if it == end else None
+            second = {"split": self.cfg.eval.second_split, "base": headline(base_second),
+                      "final": headline(final_second)}
+            if second["base"] and second["final"]:
+                second["improvement"] = second["final"]["overall"] - second["base"]["overall"]
         self.timings["wall"] += time.perf_counter() - wall0
-        return self._finish(it, it == end, out_of_time, base_eval, last_eval)
+        return self._finish(it, it == end, out_of_time, base_eval, last_eval, second)
 
     def _finish(self, it: int, finished: bool, out_of_time: bool, base_eval: dict[str, Any] | None,
-                last_eval: dict[str, Any] | None) -> dict[str, Any]:
+                last_eval: dict[str, Any] | None, second: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write ``summary.json`` (and, at the end of the run, the HTML report); return the summary."""
         summary = {"iterations_done": it, "iterations": self.cfg.train.iterations, "finished": finished,
                    "stopped_by_time_budget": out_of_time,
@@ -475,6 +491,8 @@ class Trainer:
                    "timings_s": dict(self.timings), "run_dir": str(self.run_dir)}
         if summary["final"] and summary["base"]:
             summary["improvement"] = summary["final"]["overall"] - summary["base"]["overall"]
+        if second is not None:
+            summary["second_split"] = second
         if self.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             if finished:

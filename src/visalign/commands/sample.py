@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one prompt")
     src.add_argument("--prompts", help="a file: GenEval metadata JSONL (.jsonl) or one prompt per line")
-    src.add_argument("--split", choices=["train", "test"], help="a ShapesWorld prompt split")
+    src.add_argument("--split", choices=["train", "test", "iid"], help="a ShapesWorld prompt split")
     parser.add_argument("--images-per-prompt", type=positive_int, default=4)
     parser.add_argument("--steps", type=positive_int, default=None, help="default: the model's visalign.json")
     parser.add_argument("--guidance", type=finite_float, default=None, help="default: the model's visalign.json")

@@ -40,6 +40,10 @@ def print_summary(console, summary: dict) -> None:
     if base and final:
         console.print(f"held-out overall: base {base['overall']:.3f} -> final {final['overall']:.3f} "
                       f"({final['overall'] - base['overall']:+.3f})")
+    second = summary.get("second_split") or {}
+    if second.get("base") and second.get("final"):
+        console.print(f"second split ({second['split']}): base {second['base']['overall']:.3f} -> final "
+                      f"{second['final']['overall']:.3f} ({second['improvement']:+.3f})")
     t = summary.get("timings_s", {})
     if t:
         console.print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))

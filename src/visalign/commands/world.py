@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="world_command", metavar="ACTION", required=True)
     render = sub.add_parser("render", help="render ground-truth images of a split in GenEval layout")
     render.add_argument(
-        "--split", default="test", choices=("train", "test"), help="prompt split (default: test)"
+        "--split", default="test", choices=("train", "test", "iid"), help="prompt split (default: test)"
     )
     render.add_argument("--prompts", type=Path, default=None, help="a JSONL prompt file instead of a split")
     render.add_argument("--images-per-prompt", type=positive_int, default=4, help="images per prompt (default: 4)")

@@ -146,7 +146,9 @@ def headline(result: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: result[k] for k in ("overall", "per_tag", "soft", "held_out") if k in result}
 
 
-def read_eval(run_dir: Path, iteration: int) -> dict[str, Any] | None:
-    """The results a run wrote for its evaluation after ``iteration`` (None if there are none)."""
-    path = run_dir / "evals" / f"iter_{iteration:04d}" / "results.json"
+def read_eval(run_dir: Path, iteration: int, second: bool = False) -> dict[str, Any] | None:
+    """The results a run wrote for its evaluation after ``iteration`` (``second``: of ``eval.second_split``;
+    None if there are none)."""
+    folder = run_dir / "evals" / f"iter_{iteration:04d}"
+    path = (folder / "second" if second else folder) / "results.json"
     return json.loads(path.read_text()) if path.is_file() else None

@@ -11,6 +11,12 @@ test score measures generalisation to unseen compositions, not recall of trainin
 
 Every test prompt string is absent from train. ``generate_splits(seed)`` is deterministic; the shipped
 files under ``data/`` are ``generate_splits(0)`` and ``visalign world prompts`` rewrites them.
+
+The ``iid`` split is the anchors' protocol (Flow-GRPO trains on GenEval-style prompts from the same templates and
+objects as its test prompts): ``IID_PER_TAG`` prompts per tag drawn at random from the train split (at most half
+of a tag's), the training distribution itself. A run that evaluates on it trains with ``data.exclude: [iid]``, so
+none of them is in its training prompts; ``train.jsonl`` keeps them, so pretraining reads what it always read.
+``test`` stays the compositional split (combinations never seen in train).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 
 from visalign.errors import UserError
 from visalign.jsonl import read_checked
-from visalign.seeding import numpy_rng
+from visalign.seeding import numpy_rng, seed_from_ints
 from visalign.worlds.shapes import phrasings as ph
 from visalign.worlds.shapes.metadata import validate_metadata
 from visalign.worlds.shapes.vocab import COLORS, COUNT_RANGE, OPPOSITE, RELATIONS, SHAPES, TAGS
@@ -32,7 +38,8 @@ from visalign.worlds.shapes.vocab import COLORS, COUNT_RANGE, OPPOSITE, RELATION
 __all__ = ["generate_splits", "held_out", "load_prompt_file", "load_split", "validate_metadata", "write_splits"]
 
 DATA_DIR = Path(__file__).parent / "data"
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "iid")
+IID_PER_TAG = 20
 TEST_PER_TAG = 10
 COLOR_ATTR_TRAIN = 300
 TEXT_TRAIN = 300
@@ -42,6 +49,7 @@ COLOR_ATTR_TEST_WITH_HELD = 6  # color_attr test prompts that hold a held-out (c
 # against it), so it draws from a stream of its own and the prompts are drawn from the next one.
 HELD_OUT_STREAM = 0  # held_out(seed) draws from numpy_rng(seed + HELD_OUT_STREAM)
 SPLIT_STREAM = 1  # generate_splits(seed) draws phrasings and seen prompts from numpy_rng(seed + SPLIT_STREAM)
+IID_STREAM = 7919  # the i.i.d. split's draws: numpy_rng(seed_from_ints(seed, IID_STREAM)), apart from both
 
 Split = tuple[list[dict], list[dict]]  # (test, train) metadata of one tag
 
@@ -179,10 +187,19 @@ def generate_splits(seed: int = 0) -> dict[str, list[dict]]:
         test += tag_test
         train += tag_train
     order = {t: i for i, t in enumerate(TAGS)}
-    return {
-        "train": sorted(train, key=lambda md: order[md["tag"]]),
-        "test": sorted(test, key=lambda md: order[md["tag"]]),
-    }
+    train = sorted(train, key=lambda md: order[md["tag"]])
+    return {"train": train, "test": sorted(test, key=lambda md: order[md["tag"]]), "iid": iid_split(train, seed)}
+
+
+def iid_split(train: list[dict], seed: int = 0) -> list[dict]:
+    """``IID_PER_TAG`` train prompts per tag (at most half of the tag's), drawn at random, in train order."""
+    rng = numpy_rng(seed_from_ints(seed, IID_STREAM))
+    out: list[dict] = []
+    for tag in TAGS:
+        rows = [md for md in train if md["tag"] == tag]
+        picked = sorted(rng.permutation(len(rows))[: min(IID_PER_TAG, len(rows) // 2)].tolist())
+        out += [rows[k] for k in picked]
+    return out
 
 
 def load_prompt_file(path: str | Path) -> list[dict]:
