@@ -3,6 +3,7 @@ and the run-directory-free ``Trainer`` they time."""
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from typing import Any
@@ -42,6 +43,21 @@ class ForwardBackwardClock:
     def shares(self, wall: float) -> dict[str, float]:
         f, b = self.seconds["forward"], self.seconds["backward"]
         return {"share_forward": f / wall, "share_backward": b / wall, "share_forward_backward": (f + b) / wall}
+
+
+def bench_setup(argv: list[str] | None, description: str, config: str, iterations: int, prefix: str
+                ) -> tuple[argparse.Namespace, Any, Any, ForwardBackwardClock]:
+    """The arguments every timed-iteration benchmark takes (a recipe, timed and warm-up iterations, a JSON file
+    for the figures, config overrides), then its temporary trainer and the clock on the trained network."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=config)
+    parser.add_argument("--iterations", type=int, default=iterations)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    cfg, trainer = bench_trainer(args.config, args.overrides, args.warmup + args.iterations, prefix)
+    return args, cfg, trainer, ForwardBackwardClock(trainer.generator.denoiser)
 
 
 def bench_trainer(config: str, overrides: list[str], iterations: int, prefix: str) -> tuple[Any, Any]:

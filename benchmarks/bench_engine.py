@@ -10,7 +10,6 @@ second), and the share of wall time spent inside the denoiser's forward and insi
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,19 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "recipes" / "quickstart.yaml"))
-    parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--json", help="write the figures to this file")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    from _clock import bench_setup, mean_split, print_result, timed_iterations
 
-    from _clock import ForwardBackwardClock, bench_trainer, mean_split, print_result, timed_iterations
-
-    total = args.warmup + args.iterations
-    cfg, trainer = bench_trainer(args.config, args.overrides, total, "bench_engine_")
-    clock = ForwardBackwardClock(trainer.generator.denoiser)
+    default = str(ROOT / "recipes" / "quickstart.yaml")
+    args, cfg, trainer, clock = bench_setup(argv, __doc__.splitlines()[0], default, 5, "bench_engine_")
     rows, wall = timed_iterations(trainer, clock, args.warmup, args.iterations)
     n = len(rows)
     images = cfg.data.prompts_per_iter * cfg.data.group_size

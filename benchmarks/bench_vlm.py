@@ -11,7 +11,6 @@ wall time inside the model's forward and inside backward passes (generate's forw
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,20 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "recipes" / "vlm_quickstart.yaml"))
-    parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--json", help="write the figures to this file")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-
-    from _clock import ForwardBackwardClock, bench_trainer, mean_split, print_result, timed_iterations
+    from _clock import bench_setup, mean_split, print_result, timed_iterations
     from visalign.token_rollout import TokenRollout
 
-    total = args.warmup + args.iterations
-    cfg, trainer = bench_trainer(args.config, args.overrides, total, "bench_vlm_")
-    clock = ForwardBackwardClock(trainer.generator.denoiser)
+    default = str(ROOT / "recipes" / "vlm_quickstart.yaml")
+    args, cfg, trainer, clock = bench_setup(argv, __doc__.splitlines()[0], default, 3, "bench_vlm_")
     tokens = {"sampled": 0, "trained": 0}
     original_rollout, original_batch = trainer.rollouts.rollout, TokenRollout.token_batch
 

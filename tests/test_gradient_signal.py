@@ -46,3 +46,11 @@ def test_measuring_reads_rollouts_without_updating_the_weights(tmp_path):
     summary = summarise(rows)
     assert summary["cosine"] == pytest.approx(sum(r.cosine for r in rows) / 2)
     assert summary["per_sample_snr"] == snr_from_cosine(summary["cosine"], 16)
+
+
+def test_a_samples_scores_move_together_when_shuffled():
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    first = torch.arange(8, dtype=torch.float32)
+    scores = {"a": first, "b": 10 * first}
+    shuffled = _shuffle_within_groups(scores, groups, seed=3)
+    torch.testing.assert_close(shuffled["b"], 10 * shuffled["a"])

@@ -67,15 +67,13 @@ def loss_gradient(trainer: Trainer, rollout: Any, indices: torch.Tensor) -> torc
 
 def _shuffle_within_groups(scores: dict[str, torch.Tensor], groups: torch.Tensor, seed: int
                            ) -> dict[str, torch.Tensor]:
+    """Every score permuted within each group, one permutation for all of a sample's scores (they move together)."""
     g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, values in scores.items():
-        values = values.clone()
-        for group in groups.unique():
-            idx = (groups == group).nonzero().flatten()
-            values[idx] = values[idx[torch.randperm(len(idx), generator=g)]]
-        out[name] = values
-    return out
+    source = torch.arange(len(groups))
+    for group in groups.unique():
+        idx = (groups == group).nonzero().flatten()
+        source[idx] = idx[torch.randperm(len(idx), generator=g)]
+    return {name: values[source] for name, values in scores.items()}
 
 
 def within_group_sd(values: torch.Tensor, groups: torch.Tensor) -> float:

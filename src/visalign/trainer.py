@@ -99,11 +99,11 @@ class Trainer:
         # algorithm and the family's rollout engine (image generators: schedule, kernels, rollout plan)
         self.algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.options, source="algorithm.options")
         self._check_algorithm()
-        self.advantage = self.algorithm.advantage_settings(cfg.advantage)
-        # the run's config holds the effective settings, so that its config.yaml reruns and resumes the same way
-        self._advantage_defaults = {k: v for k, v in self.advantage.model_dump().items()
-                                    if v != getattr(cfg.advantage, k)}
-        self.cfg = cfg = cfg.model_copy(update={"advantage": self.advantage})
+        # the run's config holds the effective advantage settings, so that its config.yaml reruns and resumes the
+        # same way; what the algorithm's reference code changed is said when the run starts
+        advantage = self.algorithm.advantage_settings(cfg.advantage)
+        self._advantage_defaults = {k: v for k, v in advantage.model_dump().items() if v != getattr(cfg.advantage, k)}
+        self.cfg = cfg = cfg.model_copy(update={"advantage": advantage})
         self.rollouts = build_rollout_engine(self.generator, cfg, self.algorithm)
 
         # rewards
@@ -321,7 +321,7 @@ class Trainer:
 
     def advantages_of(self, scores: dict[str, torch.Tensor], groups: torch.Tensor) -> Advantages:
         """The run's advantages (``advantage`` settings, reward weights) of gathered ``scores``."""
-        a = self.advantage
+        a = self.cfg.advantage
         weights = {reward_name(r): w for r, w in self.rewards}
         return compute_advantages(scores, groups, weights=weights, mode=a.mode, std=a.std, clip=a.clip, eps=a.eps,
                                   std_correction=a.std_correction)

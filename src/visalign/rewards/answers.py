@@ -55,8 +55,7 @@ def _answer_text(output: str) -> str:
 
 def extract_answer(output: str) -> str:
     """The content of the first ``<answer>...</answer>``, else the whole output; stripped and case-folded."""
-    match = _ANSWER.search(output)
-    return (match.group(1) if match else output).strip().casefold()
+    return _answer_text(output).casefold()
 
 
 def normalise(text: str) -> str:

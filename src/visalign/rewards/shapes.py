@@ -24,13 +24,21 @@ def verdict_scores(images: torch.Tensor, metadata: Sequence[dict[str, Any]]) -> 
     """(strict 0/1, soft in [0, 1]) tensors for a batch, from the ShapesWorld verifier."""
     from visalign.worlds.shapes.verifier import verify_batch
 
-    for i, meta in enumerate(metadata):
-        if not meta:
-            raise RewardError(f"ShapesWorld reward: batch position {i} has no metadata (a ShapesWorld prompt needs it)")
-    verdicts = verify_batch(images.detach(), list(metadata))
+    _check_metadata(metadata)
+    return verdict_tensors(verify_batch(images.detach(), list(metadata)))
+
+
+def verdict_tensors(verdicts: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(strict 0/1, soft) float32 tensors of the verifier's ``Verdict`` list."""
     strict = torch.tensor([1.0 if v.correct else 0.0 for v in verdicts], dtype=torch.float32)
     soft = torch.tensor([float(v.score) for v in verdicts], dtype=torch.float32)
     return strict, soft
+
+
+def _check_metadata(metadata: Sequence[dict[str, Any]]) -> None:
+    for i, meta in enumerate(metadata):
+        if not meta:
+            raise RewardError(f"ShapesWorld reward: batch position {i} has no metadata (a ShapesWorld prompt needs it)")
 
 
 def per_tag_means(scores: torch.Tensor, metadata: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -48,7 +56,8 @@ NEEDS_METADATA = ("tag",)
 
 
 class _ShapesVerifierReward(Reward):
-    """The verifier's two scores: the one named like the reward comes first, the other is logged beside it."""
+    """The verifier's two scores: the one named like the reward comes first, the other is logged beside it (a
+    subclass may put a score of its own first, with both beside it)."""
 
     differentiable = False
     groupwise = False
@@ -80,7 +89,7 @@ class ShapesSoft(_ShapesVerifierReward):
 
 
 @register_reward("shapes_graded")
-class ShapesGraded(Reward):
+class ShapesGraded(_ShapesVerifierReward):
     """The verifier's measurements as a continuous score in [0, 1] (``worlds/shapes/graded.py``): shape-template
     correlation, colour distance, relation margin, count of matching objects; exactly 1 when the strict verdict is
     correct, below 1 otherwise. Components: ``shapes_strict`` and ``shapes_soft`` (the judges of every reported
@@ -88,23 +97,16 @@ class ShapesGraded(Reward):
 
     name = "shapes_graded"
     summary = "ShapesWorld verifier measurements as a continuous score (1 iff strict); components strict, soft"
-    differentiable = False
-    groupwise = False
-    output_range = (0.0, 1.0)
-    needs_metadata = NEEDS_METADATA
 
     def score(
         self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
     ) -> dict[str, torch.Tensor]:
         from visalign.worlds.shapes.graded import graded_batch
 
-        for i, meta in enumerate(metadata):
-            if not meta:
-                raise RewardError(f"reward 'shapes_graded': batch position {i} has no metadata")
+        _check_metadata(metadata)
         verdicts, graded = graded_batch(images.detach(), list(metadata))
-        return {self.name: torch.tensor(graded, dtype=torch.float32),
-                "shapes_strict": torch.tensor([float(v.correct) for v in verdicts], dtype=torch.float32),
-                "shapes_soft": torch.tensor([float(v.score) for v in verdicts], dtype=torch.float32)}
+        strict, soft = verdict_tensors(verdicts)
+        return {self.name: torch.tensor(graded, dtype=torch.float32), "shapes_strict": strict, "shapes_soft": soft}
 
 
 @register_reward("shapes_pairwise")

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from visalign.errors import UserError
-from visalign.worlds.shapes import font
 from visalign.worlds.shapes.geometry import inside
+from visalign.worlds.shapes.render import text_glyphs
 from visalign.worlds.shapes.scene import Scene
 from visalign.worlds.shapes.vocab import COLORS, SHAPES
 
@@ -47,17 +47,9 @@ def pixel_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
         col[hit] = 1 + colors.index(obj.color)
     text = scene.text
     if text is not None:
-        x0, y0 = text.bbox()[:2]
-        u, v = (xs - x0) / text.scale, (ys - y0) / text.scale
-        pitch = font.GLYPH_W + font.GAP
-        index = np.floor(u / pitch).astype(int)
-        column, row = np.floor(u - index * pitch).astype(int), np.floor(v).astype(int)
-        valid = (row >= 0) & (row < font.GLYPH_H) & (column >= 0) & (column < font.GLYPH_W)
-        valid &= (index >= 0) & (index < len(text.text))
+        index, inked = text_glyphs(text, xs, ys)  # the renderer's own glyph layout
         for k, ch in enumerate(text.text):
-            sel = valid & (index == k)
-            hit = np.zeros_like(sel)
-            hit[sel] = font.glyph(ch)[row[sel], column[sel]]
+            hit = inked & (index == k)
             cls[hit] = CLASSES.index(f"digit {ch}")
             col[hit] = 1 + colors.index(text.color)
     return cls, col

@@ -105,12 +105,16 @@ def _detection(comp: _Component, image: np.ndarray) -> Detection:
     local, y0, x0 = _paint(comp.ys, comp.xs, comp.alpha)
     bx0, by0, bx1, by1 = outline = outline_box(local)
     shape, match = shape_of(local, outline)
+    box = (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1)
+    return Detection(shape, color_name(component_rgb(comp, image)), box, comp.core, match)
+
+
+def component_rgb(comp: _Component, image: np.ndarray) -> np.ndarray:
+    """A component's colour: the median of its solid pixels (coverage >= 0.8; > 0.5 when fewer than 3 are)."""
     solid = comp.alpha >= 0.8
     if solid.sum() < 3:
         solid = comp.alpha > 0.5
-    rgb = np.median(image[comp.ys[solid], comp.xs[solid]], axis=0)
-    box = (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1)
-    return Detection(shape, color_name(rgb), box, comp.core, match)
+    return np.median(image[comp.ys[solid], comp.xs[solid]], axis=0)
 
 
 def _text(comps: list[_Component]) -> str:
@@ -121,13 +125,15 @@ def _text(comps: list[_Component]) -> str:
     return read_digits(local)
 
 
-def analyse(seg: Segmented, wants_text: list[bool]) -> list[list[Detection] | str]:
-    """Per image of the batch: the digits it shows (where ``wants_text``), else its detections, largest first.
+def analyse(seg: Segmented, wants_text: list[bool], components: list[list[_Component]] | None = None
+            ) -> list[list[Detection] | str]:
+    """Per image of the batch: the digits it shows (where ``wants_text``), else its detections, largest first
+    (``components``: ``_components(seg)``, when the caller has it already).
 
     Largest-first is the analogue of a detector's confidence order, which GenEval's rules rely on.
     """
     out: list[list[Detection] | str] = []
-    for i, comps in enumerate(_components(seg)):
+    for i, comps in enumerate(_components(seg) if components is None else components):
         if wants_text[i]:
             out.append(_text(comps))
         else:

@@ -30,13 +30,11 @@ from typing import Any
 import numpy as np
 
 from visalign.worlds.shapes.classify import _PALETTE_LAB, MAX_STRETCH, SHAPE_MIN_CORR, srgb_to_lab, stretch
-from visalign.worlds.shapes.detect import _components, _paint
-from visalign.worlds.shapes.inputs import as_image_list
+from visalign.worlds.shapes.detect import _components, _paint, component_rgb
 from visalign.worlds.shapes.measure import fingerprint, outline_box
 from visalign.worlds.shapes.relations import DIRECTION_CUT, POSITION_THRESHOLD
-from visalign.worlds.shapes.segment import segment
 from visalign.worlds.shapes.templates import SHAPE_RES, shape_templates
-from visalign.worlds.shapes.verifier import CHUNK, Verdict, verify_batch
+from visalign.worlds.shapes.verifier import Verdict, checked_images, chunk_verdicts, segmented_chunks
 from visalign.worlds.shapes.vocab import COLORS, SHAPES
 
 SHAPE_FLOOR = 0.4  # template correlation that earns no shape credit (random blobs correlate about 0.3-0.5)
@@ -86,10 +84,7 @@ def _measure(comp: Any, image: np.ndarray) -> Measured:
     for k, shape in enumerate(SHAPES):
         credit = shape_credit(float(corr[classes == k].max()))
         credits[shape] = credit * (0.5 if stretch(outline, shape) > MAX_STRETCH else 1.0)
-    solid = comp.alpha >= 0.8
-    if solid.sum() < 3:
-        solid = comp.alpha > 0.5
-    rgb = np.median(image[comp.ys[solid], comp.xs[solid]], axis=0)
+    rgb = component_rgb(comp, image)  # the colour the verifier names
     dist = np.linalg.norm(_PALETTE_LAB - srgb_to_lab(np.asarray(rgb, dtype=np.float64)), axis=-1)
     return Measured((x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), comp.core, credits, dist - dist.min())
 
@@ -124,20 +119,19 @@ def graded_objects(found: list[Measured], md: dict) -> float:
 
 
 def graded_batch(images: Any, metadatas: Sequence[dict]) -> tuple[list[Verdict], list[float]]:
-    """The verifier's verdicts and the graded score of each image (1 exactly when the verdict is correct)."""
-    verdicts = verify_batch(images, metadatas)
-    arrays = as_image_list(images)
-    # a right image scores 1; a number keeps the soft score's edit-distance credit; the rest are measured
-    out = [1.0 if v.correct else v.score for v in verdicts]
-    todo: dict[tuple[int, ...], list[int]] = {}
-    for i, (verdict, md) in enumerate(zip(verdicts, metadatas, strict=True)):
-        if not verdict.correct and not (md.get("tag") == "text" or "text" in md):
-            todo.setdefault(arrays[i].shape, []).append(i)
-    for members in todo.values():  # same-size images are segmented together, as verify_batch does
-        for start in range(0, len(members), CHUNK):
-            chunk = members[start : start + CHUNK]
-            seg = segment(np.stack([arrays[i] for i in chunk]))
-            for k, (i, comps) in enumerate(zip(chunk, _components(seg), strict=True)):
-                found = [_measure(c, seg.image[k]) for c in comps]
-                out[i] = min(graded_objects(found, metadatas[i]), 1.0 - 1e-6)
+    """The verifier's verdicts and the graded score of each image (1 exactly when the verdict is correct), from one
+    segmentation of the batch."""
+    arrays = checked_images(images, metadatas)
+    verdicts: list[Verdict] = [Verdict(False, 0.0, "")] * len(arrays)
+    out = [0.0] * len(arrays)
+    for chunk, seg in segmented_chunks(arrays):
+        mds = [metadatas[i] for i in chunk]
+        components = _components(seg)
+        for k, (i, md, verdict) in enumerate(zip(chunk, mds, chunk_verdicts(seg, mds, components), strict=True)):
+            verdicts[i] = verdict
+            if verdict.correct or md.get("tag") == "text" or "text" in md:
+                out[i] = 1.0 if verdict.correct else verdict.score  # a number keeps the edit-distance credit
+            else:
+                found = [_measure(c, seg.image[k]) for c in components[k]]
+                out[i] = min(graded_objects(found, md), 1.0 - 1e-6)
     return verdicts, out

@@ -51,9 +51,9 @@ def _object_coverage(obj: SceneObject, size: int) -> tuple[tuple[int, int, int, 
     return region, _pool(hits.astype(np.float32))
 
 
-def _text_coverage(item: TextItem, size: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
-    region = _region(item.bbox(), size)
-    xs, ys = _sample_grid(*region)
+def text_glyphs(item: TextItem, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At image points (xs, ys), broadcast together: the index of the character of ``item.text`` whose cell holds
+    the point, and whether the point is inked (a set pixel of that character's glyph)."""
     x0, y0 = item.bbox()[:2]
     u = (xs - x0) / item.scale  # font-pixel coordinates
     v = (ys - y0) / item.scale
@@ -68,6 +68,12 @@ def _text_coverage(item: TextItem, size: int) -> tuple[tuple[int, int, int, int]
     for k, ch in enumerate(item.text):
         sel = valid & (index == k)
         hits[sel] = font.glyph(ch)[row[sel], col[sel]]
+    return index, hits
+
+
+def _text_coverage(item: TextItem, size: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    region = _region(item.bbox(), size)
+    _index, hits = text_glyphs(item, *_sample_grid(*region))
     return region, _pool(hits.astype(np.float32))
 
 
